@@ -1,0 +1,124 @@
+"""Command line: `python -m elr train ...` (one run) and `python -m elr report RUNS_DIR` (rebuild a report).
+
+Bad input exits 2 with one line `elr: error: ...` naming the problem and the accepted values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .config import ConfigError, RunConfig, load_mapping
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump: the message names the flag and its choices
+        self.exit(2, f"elr: error: {message} (see --help)\n")
+
+
+def _flag(value: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="elr", description="Effective-learning-rate study: train runs, rebuild reports.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train (or resume) one run into a run directory",
+                       description="Train one run. Rerunning the same command resumes it; a finished run "
+                                   "is not retrained. Flags override --config; unset flags take the defaults.")
+    t.add_argument("--out", required=True, type=Path, help="run directory (config.json, metrics.jsonl, checkpoint.pt, summary.json)")
+    t.add_argument("--config", type=Path, help="JSON or TOML file of run settings (keys = the long flag names with _)")
+    g = t.add_argument_group("model and data")
+    g.add_argument("--model", help="convnet_si (default) | resnet18 | resnet18_si | tv_resnet18")
+    g.add_argument("--width", type=int, help="base channel width (default: the model's own, 32 for convnet_si, 64 for resnets)")
+    g.add_argument("--data", help="synthetic (default) | cifar10 (torchvision download, cache $ELR_DATA_DIR or ~/.cache/elr) | npz:PATH")
+    g.add_argument("--subset", type=int, help="class-balanced seeded subset of N training images (test subset proportional)")
+    g.add_argument("--data-seed", type=int, help="seed of the subset draw (default 0: every run sees the same images)")
+    g = t.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, help="epochs to train (default 10)")
+    g.add_argument("--batch-size", type=int, help="minibatch size (default 128)")
+    g.add_argument("--optimizer", help="sgd (default) | adam | adamw | rmsprop")
+    g.add_argument("--lr", type=float, help="initial learning rate lr0 (> 0, default 0.1); with --schedule sphere: the ELR")
+    g.add_argument("--momentum", type=float, help="SGD/RMSprop momentum in [0, 1) (default 0)")
+    g.add_argument("--nesterov", type=_flag, help="Nesterov momentum for sgd: true|false (default false)")
+    g.add_argument("--weight-decay", type=float, help="L2 strength lambda >= 0: adds lambda*w to the gradient, "
+                                                      "i.e. (lambda/2)||w||^2 in the loss; decoupled for adamw (default 0)")
+    g = t.add_argument_group("schedule")
+    g.add_argument("--schedule", help="constant (default) | step | multistep | cosine | exponential | warmup | plateau | "
+                                      "elr (lr = lr0/||w||^p) | sphere (fixed ELR on the sphere, Kodryan et al. 2022)")
+    g.add_argument("--step-size", type=int, help="step: epochs between decays (default 30)")
+    g.add_argument("--milestones", type=lambda s: [int(x) for x in s.split(",")], help="multistep: comma-separated epochs (default 50,75)")
+    g.add_argument("--gamma", type=float, help="step/multistep/exponential/plateau decay factor (default 0.1)")
+    g.add_argument("--warmup-epochs", type=int, help="warmup: epochs of linear ramp, then constant (default 5)")
+    g.add_argument("--plateau-patience", type=int, help="plateau: epochs without test-loss improvement (default 10)")
+    g = t.add_argument_group("effective-LR rule (--schedule elr)")
+    g.add_argument("--elr-power", type=int, help="p in lr = lr0/||w||^p: 1 (the seed's rule, default), 2, -1 "
+                                                  "(holds lr/||w|| = lr0, Adam-like), -2 (holds ELR = lr/||w||^2 = lr0, van Laarhoven)")
+    g.add_argument("--elr-norm", help="||w|| over all trainable weights: all (default, the seed) | si (scale-invariant only)")
+    g.add_argument("--elr-per-layer", type=_flag, help="one rate per scale-invariant layer: true|false (default false)")
+    g.add_argument("--elr-every", help="recompute the rate every epoch (default, the seed) | step")
+    g = t.add_argument_group("run")
+    g.add_argument("--seed", type=int, help="seed of initialisation and batch order (default 0)")
+    g.add_argument("--device", help="cpu (default) | cuda | cuda:N")
+    g.add_argument("--checkpoint-every", type=int, help="epochs between checkpoints (default 1; always at the end and on Ctrl-C)")
+    g.add_argument("--progress", type=_flag, help="live progress line: true|false (default: on a terminal only)")
+
+    r = sub.add_parser("report", help="rebuild a report from existing run directories, without training")
+    r.add_argument("runs_dir", type=Path, help="directory holding run directories (each with config.json)")
+    r.add_argument("--out", type=Path, help="report directory (default reports/<runs dir name>)")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    settings = load_mapping(args.config) if args.config else {}
+    settings = RunConfig.from_dict(settings).to_dict()  # unknown keys in the file -> one-line error
+    for key in RunConfig.__dataclass_fields__:
+        value = getattr(args, key, None)
+        if value is not None:
+            settings[key] = value
+    return RunConfig.from_dict(settings)
+
+
+def cmd_train(args) -> int:
+    from .train import train
+
+    summary = train(config_from_args(args), args.out, progress=args.progress)
+    if summary.get("interrupted"):
+        print(f"stopped after epoch {summary['epochs_done']}/{summary['epochs']}: rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    state = "diverged at epoch %s" % summary["diverged_epoch"] if summary["diverged"] else "finished"
+    acc = summary["final_test_acc"]
+    print(f"{args.out}: {state}, {summary['epochs_done']} epochs, final test acc "
+          f"{'n/a' if acc is None else f'{acc:.4f}'}, best {summary['best_test_acc']}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .study import rebuild_report
+
+    if not args.runs_dir.is_dir():
+        raise ConfigError(f"runs directory {args.runs_dir} does not exist")
+    path = rebuild_report(args.runs_dir, args.out)
+    print(path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .data import DataError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return {"train": cmd_train, "report": cmd_report}[args.command](args)
+    except (ConfigError, DataError) as e:
+        print(f"elr: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("elr: interrupted; the last checkpoint stands: rerun the same command to resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,178 @@
+"""The run directory: the one interface between training and analysis.
+
+    RUN/config.json      the fully resolved configuration + software versions (written once)
+    RUN/metrics.jsonl    one JSON object per epoch, appended, flushed and fsynced every epoch
+    RUN/checkpoint.pt    the latest resumable state (written atomically)
+    RUN/summary.json     written when the run ends (finished or diverged)
+
+Everything the claims and the report need is in config.json + metrics.jsonl (+ summary.json), so a
+report can be rebuilt from runs made elsewhere. Non-finite floats are stored as null (strict JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+CONFIG, METRICS, CHECKPOINT, SUMMARY = "config.json", "metrics.jsonl", "checkpoint.pt", "summary.json"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Write through `write(fileobj)` into a temp file in the same directory, then os.replace it:
+    a reader (or a crash) sees the old file or the new one, never a torn one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; the final file gets the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def clean_json(obj):
+    """Replace non-finite floats by None recursively (strict JSON has no NaN/inf)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): clean_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [clean_json(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return clean_json(obj.item())
+    return obj
+
+
+def dumps(obj) -> str:
+    return json.dumps(clean_json(obj), allow_nan=False, sort_keys=False)
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    data = (json.dumps(clean_json(obj), indent=2, allow_nan=False) + "\n").encode()
+    atomic_write(path, lambda f: f.write(data))
+
+
+def read_json(path: str | os.PathLike):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def append_metrics(run_dir: str | os.PathLike, record: dict) -> None:
+    """Append one epoch as one line, flushed and fsynced: a crash leaves at most a torn last line,
+    which `read_metrics` ignores and `truncate_metrics` removes."""
+    line = (dumps(record) + "\n").encode()
+    with open(Path(run_dir) / METRICS, "ab") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    """All complete epoch records in order; a torn (unterminated or unparsable) last line is skipped."""
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return []
+    records = []
+    with open(path, "rb") as f:
+        for raw in f:
+            if not raw.endswith(b"\n"):
+                break  # torn tail of a crash mid-write
+            try:
+                records.append(json.loads(raw))
+            except json.JSONDecodeError:
+                break
+    return records
+
+
+def truncate_metrics(run_dir: str | os.PathLike, last_epoch: int) -> list[dict]:
+    """Keep the records with epoch <= last_epoch (those the checkpoint covers), rewritten atomically."""
+    kept = [r for r in read_metrics(run_dir) if r["epoch"] <= last_epoch]
+    data = b"".join((dumps(r) + "\n").encode() for r in kept)
+    atomic_write(Path(run_dir) / METRICS, lambda f: f.write(data))
+    return kept
+
+
+def read_config(run_dir: str | os.PathLike) -> dict:
+    return read_json(Path(run_dir) / CONFIG)
+
+
+def read_summary(run_dir: str | os.PathLike) -> dict | None:
+    path = Path(run_dir) / SUMMARY
+    return read_json(path) if path.exists() else None
+
+
+def is_run_dir(path: str | os.PathLike) -> bool:
+    return (Path(path) / CONFIG).is_file()
+
+
+def list_runs(root: str | os.PathLike) -> list[Path]:
+    """Run directories directly below `root` (or `root` itself if it is one), sorted by name."""
+    root = Path(root)
+    if is_run_dir(root):
+        return [root]
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and is_run_dir(p))
+
+
+def series(records: list[dict], key: str) -> np.ndarray:
+    """One scalar metric over epochs as float64, None -> nan."""
+    return np.array([np.nan if r.get(key) is None else float(r[key]) for r in records], dtype=np.float64)
+
+
+class Run:
+    """One run directory, loaded: what every claim and figure reads."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.name = self.path.name
+        self.config = read_config(self.path)
+        self.metrics = read_metrics(self.path)
+        self.summary = read_summary(self.path)
+
+    @property
+    def group(self) -> str | None:
+        """The study arm ("elr" or "baseline") recorded in config["labels"], None outside a study."""
+        return (self.config.get("labels") or {}).get("group")
+
+    def series(self, key: str) -> np.ndarray:
+        return series(self.metrics, key)
+
+    def __repr__(self) -> str:
+        return f"Run({self.name!r}, epochs={len(self.metrics)})"
+
+
+def load_runs(root_or_dirs) -> list[Run]:
+    """Runs below a root directory, or from an explicit list of run directories."""
+    dirs = list_runs(root_or_dirs) if isinstance(root_or_dirs, (str, os.PathLike)) else list(root_or_dirs)
+    return [Run(d) for d in dirs]

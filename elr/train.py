@@ -1,0 +1,312 @@
+"""One training run: the only stateful loop in elr.
+
+    train(RunConfig(...), "runs/demo")   # or: python -m elr train --out runs/demo ...
+
+Every epoch: one pass over a seeded permutation of the training tensors (held on the device), metrics
+accumulated on the device and synced to the host once, one line appended to metrics.jsonl, and every
+`checkpoint_every` epochs an atomic checkpoint. Rerunning the same configuration resumes from the
+checkpoint (lines logged after it are dropped and recomputed, so the log equals an uninterrupted run's).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import random
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import __version__, runs
+from .config import ConfigError, RunConfig
+from .data import Data, batch_indices, load_data
+from .models import build_model, scale_invariant_params
+from .optim import build_optimizer, build_schedule, param_groups
+from .rule import angle_between, global_norm
+
+EVAL_BATCH = 1000  # test-set forward chunk: bounds memory, not results
+
+
+@dataclass
+class RunState:
+    """Everything a run carries between epochs; the checkpoint is exactly this."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: object
+    si: dict[str, torch.nn.Parameter]
+    perm: torch.Generator           # batch order; its state is checkpointed
+    epoch: int = 0
+    step: int = 0
+    best_acc: float = -1.0
+    best_epoch: int = 0
+    wall_time: float = 0.0          # training seconds before this session (resumes add up)
+
+    def checkpoint(self, wall_time: float) -> dict:
+        return {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(), "epoch": self.epoch, "step": self.step,
+            "best_acc": self.best_acc, "best_epoch": self.best_epoch, "wall_time": wall_time,
+            "rng": {"torch": torch.get_rng_state(), "perm": self.perm.get_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                    "numpy": np.random.get_state(), "python": random.getstate()},
+        }
+
+    def restore(self, ck: dict) -> None:
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.schedule.load_state_dict(ck["schedule"])
+        for k in ("epoch", "step", "best_acc", "best_epoch", "wall_time"):
+            setattr(self, k, ck[k])
+        rng = ck["rng"]
+        torch.set_rng_state(rng["torch"])
+        self.perm.set_state(rng["perm"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+
+
+def build_state(cfg: RunConfig, num_classes: int, device: torch.device) -> RunState:
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
+    model = build_model(cfg.model, width=cfg.width, num_classes=num_classes).to(device)
+    si = scale_invariant_params(model)
+    optimizer = build_optimizer(cfg, param_groups(model, si))
+    schedule = build_schedule(cfg, optimizer, si)
+    return RunState(model, optimizer, schedule, si, torch.Generator().manual_seed(cfg.seed))
+
+
+def environment(device: torch.device) -> dict:
+    env = {"elr": __version__, "python": platform.python_version(), "torch": torch.__version__,
+           "numpy": np.__version__, "cuda": torch.version.cuda, "platform": platform.platform()}
+    try:
+        import torchvision
+
+        env["torchvision"] = torchvision.__version__
+    except ImportError:
+        pass
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+        env["cudnn"] = torch.backends.cudnn.version()
+    try:
+        env["git"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                                    text=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        env["git"] = None
+    return env
+
+
+# ---------------------------------------------------------------------------------------------- run dir
+def check_run_dir(cfg: RunConfig, out: Path) -> None:
+    """Refuse a directory that holds another configuration or cannot be written; touch nothing."""
+    if runs.is_run_dir(out):
+        try:
+            old = RunConfig.from_dict({k: v for k, v in runs.read_config(out).items() if k != "env"})
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"{out} holds an unreadable config.json ({e}); use another --out") from None
+        old_id, new_id = old.identity(), cfg.identity()
+        diff = [f"{k}: {old_id[k]!r} there, {new_id[k]!r} here" for k in new_id if old_id[k] != new_id[k]]
+        if diff:
+            raise ConfigError(f"{out} holds a different run ({'; '.join(diff)}); use another --out or --fresh")
+        return
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write the run directory {out}: {parent} is not a writable directory")
+
+
+# ---------------------------------------------------------------------------------------------- epoch
+def run_epoch(state: RunState, data: Data, cfg: RunConfig) -> dict:
+    """One pass over the training data plus evaluation; returns the epoch's metrics record."""
+    model, opt, si_params = state.model, state.optimizer, list(state.si.values())
+    dev = data.x_train.device
+    zero = lambda: torch.zeros((), device=dev)  # noqa: E731
+    loss_sum, acc_sum, grad_sum, angle_sum = zero(), zero(), zero(), zero()
+    start = [p.detach().clone() for p in si_params]
+    prev = [p.detach().clone() for p in si_params]
+    state.schedule.on_epoch_start(state.epoch + 1)
+    model.train()
+    batches = batch_indices(len(data.y_train), cfg.batch_size, state.perm, dev)
+    for idx in batches:
+        x, y = data.x_train[idx], data.y_train[idx]
+        out = model(x)
+        loss = F.cross_entropy(out, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if si_params:
+            grad_sum += global_norm([p.grad for p in si_params])  # the loss gradient, before weight decay
+            torch._foreach_copy_(prev, [p.detach() for p in si_params])
+        opt.step()
+        state.schedule.on_step_end()
+        if si_params:
+            angle_sum += angle_between(prev, [p.detach() for p in si_params])
+        loss_sum += loss.detach()
+        acc_sum += (out.argmax(1) == y).float().mean()
+        state.step += 1
+    n_batches = len(batches)
+
+    test_loss, test_correct = evaluate(model, data)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    layer_norms = torch.stack(torch._foreach_norm([p.detach() for p in si_params])) if si_params else zero()[None][:0]
+    scalars = torch.stack([
+        loss_sum / n_batches, acc_sum / n_batches, test_loss, test_correct / len(data.y_test),
+        global_norm(trainable), global_norm(si_params) if si_params else zero(),
+        grad_sum / n_batches, angle_sum / n_batches,
+        angle_between(start, [p.detach() for p in si_params]) if si_params else zero(),
+    ])
+    host = torch.cat([scalars, layer_norms]).tolist()  # the epoch's one host sync
+    (train_loss, train_acc, test_loss, test_acc, weight_norm, si_norm,
+     grad_norm, angle_step, angle_epoch) = host[:9]
+    by_layer = dict(zip(state.si, host[9:]))
+
+    names = [g["name"] for g in opt.param_groups]
+    lrs = [g["lr"] for g in opt.param_groups]
+    lr = lrs[0] if len(set(lrs)) == 1 else dict(zip(names, lrs))
+    group_lr = dict(zip(names, lrs))
+    si_lrs = [group_lr[n] for n in state.si]
+    # Lobacheva et al. 2021: total ELR = lr / sum ||w_l||^2; derived: with per-layer rates lr is their
+    # ||w_l||^2-weighted mean, so the total equals sum_l lr_l ||w_l||^2 / (sum_l ||w_l||^2)^2
+    lr_eff = sum(l * n**2 for l, n in zip(si_lrs, by_layer.values())) / si_norm**2 if si_norm > 0 else math.nan
+    state.epoch += 1
+    return {
+        "epoch": state.epoch, "step": state.step, "lr": lr, "weight_decay": cfg.weight_decay,
+        "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc,
+        "weight_norm": weight_norm, "si_norm": si_norm, "si_norm_by_layer": by_layer,
+        "elr": lr_eff / si_norm**2 if si_norm > 0 else None,
+        "elr_by_layer": {n: group_lr[n] / w**2 if w > 0 else None for n, w in by_layer.items()},
+        "grad_norm": grad_norm, "effective_grad_norm": grad_norm * si_norm,  # Wan et al. 2021: G = ||g|| ||w||
+        "angular_update": angle_epoch, "angular_update_per_step": angle_step,
+    }
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, data: Data) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy and the number correct over the whole test split, eval mode (device tensors)."""
+    model.eval()
+    loss, correct = torch.zeros((), device=data.x_test.device), torch.zeros((), device=data.x_test.device)
+    for i in range(0, len(data.y_test), EVAL_BATCH):
+        out = model(data.x_test[i:i + EVAL_BATCH])
+        y = data.y_test[i:i + EVAL_BATCH]
+        loss += F.cross_entropy(out, y, reduction="sum")
+        correct += (out.argmax(1) == y).sum()
+    model.train()
+    return loss / len(data.y_test), correct
+
+
+def finite(record: dict) -> bool:
+    return all(isinstance(record[k], float) and math.isfinite(record[k])
+               for k in ("train_loss", "weight_norm", "si_norm"))
+
+
+# ---------------------------------------------------------------------------------------------- run
+class _StopRequest:
+    """SIGINT/SIGTERM ask the loop to stop at the end of the epoch (after checkpointing); a second
+    SIGINT interrupts at once (the last checkpoint still stands)."""
+
+    def __init__(self):
+        self.requested, self.saved = False, {}
+
+    def __enter__(self):
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.saved[sig] = signal.signal(sig, self._handle)
+        except ValueError:  # not the main thread: no handlers, a kill still leaves the last checkpoint
+            pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)
+
+
+def train(cfg: RunConfig, out: str | os.PathLike, *, progress: bool | None = None) -> dict:
+    """Train (or resume, or skip if finished) the run in `out`; returns its summary.
+
+    Raises ConfigError / DataError on bad input before writing anything. A returned summary with
+    "interrupted": True means the run stopped on a signal and can be resumed by calling again.
+    """
+    out = Path(out)
+    cfg.validate()
+    check_run_dir(cfg, out)
+    done = runs.read_summary(out)
+    if done is not None and (done.get("finished") or done.get("diverged")):
+        return done
+    device = torch.device(cfg.device)
+    data = load_data(cfg.data, subset=cfg.subset, seed=cfg.data_seed, device=device)
+    state = build_state(cfg, data.num_classes, device)
+
+    out.mkdir(parents=True, exist_ok=True)
+    if not runs.is_run_dir(out):
+        runs.write_json(out / runs.CONFIG, {**cfg.to_dict(), "env": environment(device)})
+    ckpt = out / runs.CHECKPOINT
+    if ckpt.exists():
+        state.restore(torch.load(ckpt, map_location=device, weights_only=False))
+    runs.truncate_metrics(out, state.epoch)  # lines past the checkpoint (or a torn tail) are redone
+
+    show = sys.stderr.isatty() if progress is None else progress
+    session_start, first_epoch = time.perf_counter(), state.epoch
+    diverged_epoch, record = None, None
+    with _StopRequest() as stop:
+        while state.epoch < cfg.epochs:
+            record = run_epoch(state, data, cfg)
+            record["wall_time"] = state.wall_time + time.perf_counter() - session_start
+            if record["test_acc"] is not None and record["test_acc"] > state.best_acc:
+                state.best_acc, state.best_epoch = record["test_acc"], state.epoch
+            if not finite(record):
+                diverged_epoch = state.epoch
+            runs.append_metrics(out, record)
+            state.schedule.on_epoch_end(state.epoch, record["test_loss"])
+            last = diverged_epoch is not None or state.epoch == cfg.epochs or stop.requested
+            if last or state.epoch % cfg.checkpoint_every == 0:
+                runs.atomic_write(ckpt, lambda f: torch.save(state.checkpoint(record["wall_time"]), f))
+            if show:
+                print_progress(record, cfg, session_start, first_epoch)
+            if last:
+                break
+    if show:
+        sys.stderr.write("\n")
+    if state.epoch < cfg.epochs and diverged_epoch is None:
+        return {"interrupted": True, "epochs_done": state.epoch, "epochs": cfg.epochs}
+    summary = summarize(runs.read_metrics(out), cfg, diverged_epoch)
+    runs.write_json(out / runs.SUMMARY, summary)
+    return summary
+
+
+def summarize(records: list[dict], cfg: RunConfig, diverged_epoch: int | None) -> dict:
+    accs = [r["test_acc"] for r in records]
+    finite_accs = [(a, r["epoch"]) for a, r in zip(accs, records) if a is not None and math.isfinite(a)]
+    best = max(finite_accs, default=(None, None))
+    last = records[-1] if records else {}
+    return {
+        "final_test_acc": last.get("test_acc"), "best_test_acc": best[0], "best_epoch": best[1],
+        "final_train_loss": last.get("train_loss"), "epochs": cfg.epochs, "epochs_done": last.get("epoch", 0),
+        "steps": last.get("step", 0), "finished": diverged_epoch is None, "diverged": diverged_epoch is not None,
+        "diverged_epoch": diverged_epoch, "wall_time": last.get("wall_time"),
+    }
+
+
+def print_progress(r: dict, cfg: RunConfig, session_start: float, first_epoch: int) -> None:
+    elapsed = time.perf_counter() - session_start
+    eta = elapsed / max(r["epoch"] - first_epoch, 1) * (cfg.epochs - r["epoch"])
+    lr = r["lr"] if isinstance(r["lr"], float) else float(np.mean(list(r["lr"].values())))
+    fmt = lambda v, f: "nan" if v is None else format(v, f)  # noqa: E731
+    sys.stderr.write(f"\repoch {r['epoch']}/{cfg.epochs}  loss {fmt(r['train_loss'], '.4f')}  "
+                     f"acc {fmt(r['train_acc'], '.3f')}  test {fmt(r['test_acc'], '.3f')}  lr {lr:.3g}  "
+                     f"elr {fmt(r['elr'], '.3g')}  eta {eta:,.0f}s ")
+    sys.stderr.flush()

@@ -1,0 +1,142 @@
+"""The scale-invariance maths and the ELR rules, in float64 against independent computations."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from torch import nn
+
+from elr.config import RunConfig
+from elr.models import build_model, scale_invariant_params
+from elr.optim import build_optimizer, build_schedule, param_groups
+from elr.rule import angle_between, global_norm, predicted_angular_update, relaxation_steps
+
+
+def tiny_si_net(seed=0):
+    """Linear(no bias) -> BN(no affine, eps 1e-30) -> ReLU -> frozen Linear: the first weight is exactly SI."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(6, 9, bias=False), nn.BatchNorm1d(9, affine=False, eps=1e-30), nn.ReLU(),
+                        nn.Linear(9, 3, bias=False)).double()
+    net[3].weight.requires_grad_(False)
+    return net
+
+
+def batch(seed=1, n=16):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 6, generator=g, dtype=torch.float64), torch.randint(0, 3, (n,), generator=g)
+
+
+def sgd_step(net, x, y, lr, wd):
+    opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=lr, weight_decay=wd)
+    loss = nn.functional.cross_entropy(net(x), y)
+    opt.zero_grad()
+    loss.backward()
+    g = net[0].weight.grad.clone()
+    opt.step()
+    return g
+
+
+@settings(max_examples=40)
+@given(lr=st.floats(1e-3, 2.0), wd=st.floats(0.0, 0.1), seed=st.integers(0, 50))
+def test_sgd_norm_identity(lr, wd, seed):
+    net = tiny_si_net(seed)
+    x, y = batch(seed)
+    w0 = net[0].weight.detach().numpy().copy()
+    g = sgd_step(net, x, y, lr, wd).numpy()
+    w1 = net[0].weight.detach().numpy()
+    # SCIENCE.md: ||w_{t+1}||^2 = (1 - eta*lam)^2 ||w_t||^2 + eta^2 ||g_t||^2 (needs <g, w> = 0)
+    expected = (1 - lr * wd) ** 2 * np.sum(w0**2) + lr**2 * np.sum(g**2)
+    assert np.sum(w1**2) == pytest.approx(expected, rel=1e-10)
+
+
+@settings(max_examples=20)
+@given(lr=st.floats(1e-3, 5.0), seed=st.integers(0, 50))
+def test_norm_never_decreases_without_weight_decay(lr, seed):
+    net = tiny_si_net(seed)
+    norms = [float(net[0].weight.detach().norm())]
+    for t in range(5):
+        x, y = batch(seed + t)
+        sgd_step(net, x, y, lr, 0.0)
+        norms.append(float(net[0].weight.detach().norm()))
+    assert all(b >= a * (1 - 1e-12) for a, b in zip(norms, norms[1:]))
+
+
+@settings(max_examples=20)
+@given(c=st.floats(0.1, 10.0), lr=st.floats(1e-3, 0.5), wd=st.floats(1e-4, 0.05), seed=st.integers(0, 20))
+def test_trajectory_equivalence(c, lr, wd, seed):
+    """SCIENCE.md (van Laarhoven 2017): (w0, eta, lam) and (c w0, c^2 eta, lam/c^2) give the same function."""
+    a, b = tiny_si_net(seed), tiny_si_net(seed)
+    with torch.no_grad():
+        b[0].weight.mul_(c)
+    for t in range(6):
+        x, y = batch(100 + t)
+        sgd_step(a, x, y, lr, wd)
+        sgd_step(b, x, y, c**2 * lr, wd / c**2)
+        with torch.no_grad():
+            assert torch.allclose(a(x), b(x), rtol=1e-9, atol=1e-12)
+            assert torch.allclose(b[0].weight, c * a[0].weight, rtol=1e-9, atol=1e-14)
+
+
+def rule_setup(norm, per_layer, every, power, lr0=0.3):
+    cfg = RunConfig(model="convnet_si", width=4, schedule="elr", lr=lr0, elr_power=power, elr_norm=norm,
+                    elr_per_layer=per_layer, elr_every=every, weight_decay=1e-3)
+    torch.manual_seed(0)
+    model = build_model("resnet18", width=4)  # has non-SI trainable weights (BN affine, linear bias)
+    si = scale_invariant_params(model)
+    opt = build_optimizer(cfg, param_groups(model, si))
+    return cfg, model, si, opt, build_schedule(cfg, opt, si)
+
+
+@pytest.mark.parametrize("power", [1, 2, -1, -2])
+@pytest.mark.parametrize("norm", ["all", "si"])
+@pytest.mark.parametrize("per_layer", [False, True])
+@pytest.mark.parametrize("every", ["epoch", "step"])
+def test_elr_rule_applies_lr0_over_norm_power(power, norm, per_layer, every):
+    cfg, model, si, opt, rule = rule_setup(norm, per_layer, every, power)
+    with torch.no_grad():  # move the weights off their init so the norms are not special
+        for p in model.parameters():
+            p.mul_(1.7)
+    rule.on_epoch_start(1)
+    arrays = {n: p.detach().double().numpy() for n, p in model.named_parameters() if p.requires_grad}
+    si_names = set(si)
+    pool = si_names if norm == "si" else set(arrays)
+    total = math.sqrt(sum(float(np.sum(arrays[n] ** 2)) for n in pool))
+    for g in opt.param_groups:
+        if per_layer and g["name"] in si_names:
+            expected = cfg.lr / math.sqrt(float(np.sum(arrays[g["name"]] ** 2))) ** power
+        else:
+            expected = cfg.lr / total**power
+        assert g["lr"] == pytest.approx(expected, rel=1e-5), g["name"]
+    # after a step the per-step rule recomputes, the per-epoch rule keeps its rate
+    before = [g["lr"] for g in opt.param_groups]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.3)
+    rule.on_step_end()
+    after = [g["lr"] for g in opt.param_groups]
+    if every == "step":
+        assert after == pytest.approx([b / 1.3**power for b in before], rel=1e-5)
+    else:
+        assert after == before
+
+
+def test_angle_between_matches_float64_arccos():
+    g = torch.Generator().manual_seed(0)
+    for eps in (1e-1, 1e-3, 1e-5):
+        a = [torch.randn(30, generator=g, dtype=torch.float64), torch.randn(4, 5, generator=g, dtype=torch.float64)]
+        b = [x + eps * torch.randn(x.shape, generator=g, dtype=torch.float64) for x in a]
+        va, vb = np.concatenate([x.numpy().ravel() for x in a]), np.concatenate([x.numpy().ravel() for x in b])
+        # independent: the angle from the cross-product magnitude via Lagrange's identity, in float64
+        cross = math.sqrt(max(np.dot(va, va) * np.dot(vb, vb) - np.dot(va, vb) ** 2, 0.0))
+        expected = math.atan2(cross, float(np.dot(va, vb)))
+        assert float(angle_between(a, b)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_global_norm_and_equilibrium_formulas():
+    ts = [torch.tensor([3.0, 4.0]), torch.tensor([[12.0]])]
+    assert float(global_norm(ts)) == pytest.approx(13.0)
+    assert predicted_angular_update(0.1, 5e-4) == pytest.approx(0.01)  # sqrt(2 * 0.1 * 5e-4)
+    assert predicted_angular_update(0.1, 5e-4, 0.9) == pytest.approx(math.sqrt(1e-4 / 1.9))
+    assert relaxation_steps(0.1, 5e-4) == pytest.approx(5000.0)  # 1/(4 * 0.1 * 5e-4); /391 = 12.8 epochs

@@ -1,0 +1,142 @@
+"""The trainer: every logged metric recomputed from saved weights, resume after SIGKILL, divergence."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from elr import runs
+from elr.config import ConfigError, RunConfig
+from elr.data import load_data
+from elr.models import build_model, scale_invariant_params
+from elr.train import train
+
+SMALL = dict(model="convnet_si", width=4, data="synthetic", subset=200)
+
+
+def test_every_metric_recomputed_from_saved_weights(tmp_path):
+    """One epoch = one full-batch SGD step, so each metric has a closed form in the saved weights."""
+    lr, wd = 0.5, 1e-3
+    cfg = RunConfig(**{**SMALL, "subset": 60}, epochs=1, batch_size=60, lr=lr, weight_decay=wd, seed=3)
+    train(cfg, tmp_path / "run", progress=False)
+    (rec,) = runs.read_metrics(tmp_path / "run")
+    data = load_data("synthetic", subset=60, seed=0)
+
+    torch.manual_seed(3)
+    m0 = build_model("convnet_si", width=4).double()
+    m1 = build_model("convnet_si", width=4)
+    m1.load_state_dict(torch.load(tmp_path / "run" / runs.CHECKPOINT, weights_only=False)["model"])
+    m1 = m1.double()
+    si0, si1 = scale_invariant_params(m0), scale_invariant_params(m1)
+    names = list(si0)
+    # train mode, the whole subset as the batch (BN statistics do not depend on the order)
+    out0 = m0.train()(data.x_train.double())
+    loss0 = F.cross_entropy(out0, data.y_train)
+    grads = torch.autograd.grad(loss0, [si0[n] for n in names])
+    assert rec["train_loss"] == pytest.approx(loss0.item(), rel=1e-4)
+    assert rec["train_acc"] == pytest.approx((out0.argmax(1) == data.y_train).double().mean().item(), abs=1e-6)
+    gnorm = math.sqrt(sum(float((g**2).sum()) for g in grads))
+    assert rec["grad_norm"] == pytest.approx(gnorm, rel=1e-4)
+    # the update itself: w1 = w0 - lr (g + wd w0)  (torch.optim.SGD)
+    for n, g in zip(names, grads):
+        assert torch.allclose(si1[n], si0[n] - lr * (g + wd * si0[n]), rtol=1e-4, atol=1e-6)
+
+    with torch.no_grad():
+        out1 = m1.eval()(data.x_test.double())
+    assert rec["test_loss"] == pytest.approx(F.cross_entropy(out1, data.y_test).item(), rel=1e-4)
+    assert rec["test_acc"] == pytest.approx((out1.argmax(1) == data.y_test).double().mean().item(), abs=1e-6)
+
+    w1 = {n: si1[n].detach().numpy().ravel() for n in names}
+    all1 = np.concatenate([p.detach().numpy().ravel() for p in m1.parameters() if p.requires_grad])
+    si_norm = math.sqrt(sum(float(v @ v) for v in w1.values()))
+    assert rec["weight_norm"] == pytest.approx(float(np.sqrt(all1 @ all1)), rel=1e-5)
+    assert rec["si_norm"] == pytest.approx(si_norm, rel=1e-5)
+    for n in names:
+        assert rec["si_norm_by_layer"][n] == pytest.approx(float(np.linalg.norm(w1[n])), rel=1e-5)
+        assert rec["elr_by_layer"][n] == pytest.approx(lr / float(w1[n] @ w1[n]), rel=1e-5)
+    assert rec["lr"] == lr and rec["weight_decay"] == wd and rec["epoch"] == 1 and rec["step"] == 1
+    assert rec["elr"] == pytest.approx(lr / si_norm**2, rel=1e-5)
+    assert rec["effective_grad_norm"] == pytest.approx(gnorm * si_norm, rel=1e-4)
+    v0 = np.concatenate([si0[n].detach().numpy().ravel() for n in names])
+    v1 = np.concatenate(list(w1.values()))
+    angle = math.acos(float(v0 @ v1) / math.sqrt(float(v0 @ v0) * float(v1 @ v1)))  # float64 arccos
+    assert rec["angular_update"] == pytest.approx(angle, rel=1e-3)
+    assert rec["angular_update_per_step"] == pytest.approx(angle, rel=1e-3)
+    assert rec["wall_time"] > 0
+
+
+def test_van_laarhoven_rule_keeps_logged_elr_constant(tmp_path):
+    """lr = lr0 ||w||^2 (p = -2) holds eta/||w||^2 = lr0: the ELR the log records stays constant."""
+    cfg = RunConfig(**SMALL, epochs=3, batch_size=50, lr=0.002, weight_decay=5e-3, schedule="elr",
+                    elr_power=-2, elr_norm="si", elr_every="step")
+    train(cfg, tmp_path / "r", progress=False)
+    recs = runs.read_metrics(tmp_path / "r")
+    assert runs.series(recs, "elr") == pytest.approx(np.full(3, 0.002), rel=1e-5)
+    assert np.ptp(runs.series(recs, "si_norm")) > 0  # the norm moved; the ELR did not
+
+
+def test_sphere_keeps_si_norm_at_rho0(tmp_path):
+    cfg = RunConfig(**SMALL, epochs=3, batch_size=50, lr=0.01, schedule="sphere", seed=1)
+    train(cfg, tmp_path / "s", progress=False)
+    torch.manual_seed(1)
+    rho0 = math.sqrt(sum(float((p.detach().double() ** 2).sum()) for p in
+                         scale_invariant_params(build_model("convnet_si", width=4)).values()))
+    recs = runs.read_metrics(tmp_path / "s")
+    assert runs.series(recs, "si_norm") == pytest.approx(np.full(3, rho0), rel=1e-6)
+    assert runs.series(recs, "elr") == pytest.approx(np.full(3, 0.01), rel=1e-5)
+
+
+def test_divergence_is_recorded_not_raised(tmp_path):
+    cfg = RunConfig(**SMALL, epochs=5, batch_size=50, lr=1e38, weight_decay=0.0)
+    summary = train(cfg, tmp_path / "d", progress=False)
+    assert summary["diverged"] and not summary["finished"]
+    assert summary["diverged_epoch"] == summary["epochs_done"] < 5
+    assert runs.read_summary(tmp_path / "d")["diverged"]
+    assert len(runs.read_metrics(tmp_path / "d")) == summary["epochs_done"]
+
+
+def test_finished_run_is_not_retrained_and_other_config_refused(tmp_path):
+    cfg = RunConfig(**SMALL, epochs=2, batch_size=50)
+    first = train(cfg, tmp_path / "f", progress=False)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "f").iterdir()}
+    assert train(cfg, tmp_path / "f", progress=False) == first
+    with pytest.raises(ConfigError, match="different run.*lr"):
+        train(RunConfig(**SMALL, epochs=2, batch_size=50, lr=0.2), tmp_path / "f", progress=False)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "f").iterdir()} == before
+
+
+def _cli(out, epochs):
+    return [sys.executable, "-m", "elr", "train", "--model", "convnet_si", "--width", "8", "--data", "synthetic",
+            "--subset", "600", "--batch-size", "32", "--epochs", str(epochs), "--lr", "0.2", "--weight-decay",
+            "1e-3", "--schedule", "elr", "--checkpoint-every", "2", "--out", str(out)]
+
+
+def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    subprocess.run(_cli(full, 5), check=True, env=env, capture_output=True)
+    proc = subprocess.Popen(_cli(killed, 5), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(runs.read_metrics(killed)) < 3 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)  # past epoch 3, before the epoch-4 checkpoint: epoch 3 is redone
+    proc.wait()
+    assert not (killed / runs.SUMMARY).exists(), "the run finished before it could be killed"
+    with open(killed / runs.METRICS, "ab") as f:
+        f.write(b'{"epoch": 4, "tr')  # a torn line, as a kill during a write leaves it
+    done = subprocess.run(_cli(killed, 5), env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    lines = (killed / runs.METRICS).read_text().splitlines()
+    a, b = runs.read_metrics(full), [json.loads(line) for line in lines]
+    assert [r["epoch"] for r in b] == [1, 2, 3, 4, 5]
+    for ra, rb in zip(a, b):
+        ra.pop("wall_time"), rb.pop("wall_time")
+        assert ra == rb
