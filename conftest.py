@@ -1,0 +1,207 @@
+"""The pytest layer of the study: options, markers, the session's study, and the report plugin.
+
+    pytest experiments/                                   smoke scale, CPU, synthetic data (minutes)
+    pytest experiments/ --scale cpu --data npz:PATH -n 2  a laptop study on real CIFAR-10 (< 1 h, 2 cores)
+    pytest experiments/ -m long --gpu                     the full 10,000-epoch study on CUDA
+
+Each claim test reads the study's verdict, records it (`record_property`, so it reaches the xdist
+controller), and passes (held), fails (refuted) or skips (inconclusive). The report plugin lives on the
+controller only and writes reports/<scale>-<date>/ once, from every worker's verdicts.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent
+VERDICT_KEY, STUDY_KEY = "elr_verdict", "elr_study"
+
+
+def pytest_addoption(parser):
+    g = parser.getgroup("elr study")
+    g.addoption("--scale", default="smoke", help="study scale from experiments/design.toml: smoke (default) | cpu")
+    g.addoption("--data", default=None, help="override the scale's data: cifar10 | npz:PATH | synthetic")
+    g.addoption("--gpu", action="store_true", help="train on CUDA (with -n N, worker i takes GPU i mod count)")
+    g.addoption("--seeds", type=int, default=1, help="repeat every configuration with K seeds (default 1)")
+    g.addoption("--runs-dir", default="runs", help="where run directories go: RUNS_DIR/<scale>/<run> (default runs)")
+    g.addoption("--report-dir", default="reports", help="where reports go: REPORT_DIR/<scale>-<date>/ (default reports)")
+    g.addoption("--fresh", action="store_true", help="delete this scale's runs and start the study over")
+    g.addoption("--design", default=str(ROOT / "experiments" / "design.toml"), help="the study design file")
+
+
+def _selects_long(config) -> bool:
+    expr = config.getoption("markexpr") or ""
+    return "long" in expr and "not long" not in expr
+
+
+def _is_worker(config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "long: the full-scale study (10,000 epochs on CUDA); run with -m long --gpu")
+    config.addinivalue_line("markers", "gpu: needs CUDA; run with --gpu")
+    if not _is_worker(config):
+        config.pluginmanager.register(StudyReport(config), "elr-study-report")
+
+
+def pytest_collection_modifyitems(config, items):
+    """A plain run never starts a long test: without -m naming `long`, long items are deselected."""
+    if config.getoption("markexpr"):
+        return
+    keep = [i for i in items if i.get_closest_marker("long") is None]
+    if len(keep) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i.get_closest_marker("long") is not None])
+        items[:] = keep
+
+
+def _check_request(config) -> str | None:
+    """Why the requested study cannot start here (one line), or None."""
+    from elr.config import ConfigError
+    from elr.study import Design
+
+    if config.getoption("seeds") < 1:
+        return f"--seeds must be a positive integer, got {config.getoption('seeds')}"
+    try:
+        design = Design.load(config.getoption("design"))
+        design.scale(config.getoption("scale"))
+    except ConfigError as e:
+        return str(e)
+    wants_gpu = config.getoption("gpu") or _selects_long(config)
+    if wants_gpu:
+        import torch
+
+        if not config.getoption("gpu"):
+            return "the long study trains on CUDA: add --gpu (pytest experiments/ -m long --gpu)"
+        if not torch.cuda.is_available():
+            return "--gpu given but CUDA is not available on this machine; run without --gpu (CPU scales: smoke, cpu)"
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session):
+    config = session.config
+    if _is_worker(config) or not any(Path(a).resolve().is_relative_to(ROOT / "experiments") or
+                                     (ROOT / "experiments").resolve().is_relative_to(Path(a).resolve())
+                                     for a in (config.args or ["."]) if Path(a.split("::")[0]).exists()):
+        return
+    reason = _check_request(config)
+    if reason:
+        pytest.exit(f"elr: {reason}", returncode=2)
+    if config.getoption("fresh"):
+        from elr.study import fresh
+
+        scales = ["full"] if _selects_long(config) else [config.getoption("scale")]
+        for s in scales:
+            fresh(Path(config.getoption("runs_dir")) / s)
+
+
+# ------------------------------------------------------------------------------------------- fixtures
+@dataclass
+class Study:
+    scale: str
+    root: Path
+    runs: list
+    verdicts: dict
+
+
+@pytest.fixture(scope="session", params=["selected", pytest.param("full", marks=[pytest.mark.long, pytest.mark.gpu])])
+def scale(request) -> str:
+    return request.config.getoption("scale") if request.param == "selected" else "full"
+
+
+def _device(config) -> str:
+    if not config.getoption("gpu"):
+        return "cpu"
+    import torch
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return f"cuda:{int(worker[2:] or 0) % torch.cuda.device_count()}"
+
+
+@pytest.fixture(scope="session")
+def study(request, scale) -> Study:
+    """Train (or reuse, or resume) every run of the study at this scale, then judge all claims."""
+    from elr import runs
+    from elr.config import ConfigError
+    from elr.data import DataError, load_data
+    from elr.study import Design, evaluate, expand, train_all
+
+    config = request.config
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1 and not config.getoption("gpu"):
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))  # one share of the cores each
+    try:
+        configs = expand(Design.load(config.getoption("design")), scale, seeds=config.getoption("seeds"),
+                         data=config.getoption("data"), device=_device(config))
+        load_data(configs[0][1].data, subset=configs[0][1].subset)  # a missing data set stops here, in one line
+        root = Path(config.getoption("runs_dir")) / scale
+        paths = train_all(configs, root)
+    except (ConfigError, DataError) as e:
+        pytest.exit(f"elr: {e}", returncode=2)
+    loaded = runs.load_runs(paths)
+    return Study(scale, root, loaded, {v.id: v for v in evaluate(loaded)})
+
+
+@pytest.fixture
+def judge(study, record_property):
+    """judge("H3"): record the verdict for the report, then pass / fail / skip as the verdict says."""
+    from elr.verdict import HELD, REFUTED
+
+    def _judge(claim_id: str):
+        v = study.verdicts[claim_id]
+        record_property(STUDY_KEY, {"scale": study.scale, "root": str(study.root.resolve())})
+        record_property(VERDICT_KEY, v.to_json())
+        message = f"{v.id} {v.verdict}: {v.reason}"
+        if v.verdict == REFUTED:
+            pytest.fail(message, pytrace=False)
+        if v.verdict != HELD:
+            pytest.skip(message)
+        return v
+
+    return _judge
+
+
+# ------------------------------------------------------------------------------------------- report
+class StudyReport:
+    """Controller-side plugin: collects verdicts from every worker's reports, writes the report once."""
+
+    def __init__(self, config):
+        self.config, self.verdicts, self.studies, self.paths = config, {}, {}, []
+        self.started = time.time()
+
+    def pytest_runtest_logreport(self, report):
+        props = dict(report.user_properties)
+        if VERDICT_KEY in props and STUDY_KEY in props:
+            study = props[STUDY_KEY]
+            self.studies[study["scale"]] = study["root"]
+            self.verdicts.setdefault(study["scale"], {})[props[VERDICT_KEY]["id"]] = props[VERDICT_KEY]
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session):
+        from elr import runs
+        from elr.report import write_report
+        from elr.study import meta
+        from elr.verdict import Verdict
+
+        for scale, root in self.studies.items():
+            loaded = runs.load_runs(root)
+            info = meta(loaded, session_wall_time_s=round(time.time() - self.started, 1), scale=scale)
+            out = Path(self.config.getoption("report_dir")) / f"{scale}-{info['date']}"
+            verdicts = [Verdict.from_json(self.verdicts[scale][k]) for k in sorted(self.verdicts[scale])]
+            self.paths.append((write_report(out, verdicts, loaded, info), verdicts))
+
+    def pytest_terminal_summary(self, terminalreporter):
+        from elr.report import verdict_table_md
+
+        for path, verdicts in self.paths:
+            terminalreporter.section("elr study report")
+            terminalreporter.write_line(f"report: {path}")
+            terminalreporter.write_line(verdict_table_md(verdicts))

@@ -1,0 +1,198 @@
+"""The study: the design file expanded into run configurations, trained cooperatively, then judged.
+
+    design.toml --expand()--> [(name, RunConfig)] --train_all()--> RUNS/<name>/ --evaluate()--> verdicts
+
+`train_all` is safe to call from several processes at once (pytest-xdist workers, or shells on one
+machine sharing a file system): each run is claimed with an advisory lock held while it trains (the
+kernel releases it if the process dies), finished runs are reused and interrupted ones resume from
+their checkpoints. Every process returns only when every run has ended.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import fcntl
+import math
+import os
+import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import runs as rundir
+from .config import ConfigError, RunConfig, load_mapping
+
+DESIGN_KEYS = {"batch_size", "elr", "baseline", "scales"}
+SCALE_KEYS = {"model", "width", "data", "subset", "epochs"}
+
+
+@dataclass
+class Design:
+    batch_size: int
+    elr: dict
+    baseline: dict
+    scales: dict
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Design":
+        d = load_mapping(path)
+        unknown = sorted(set(d) - DESIGN_KEYS)
+        if unknown:
+            raise ConfigError(f"design {path}: unknown key(s) {', '.join(unknown)}; accepted: {', '.join(sorted(DESIGN_KEYS))}")
+        for name, scale in d.get("scales", {}).items():
+            bad = sorted(set(scale) - SCALE_KEYS)
+            if bad:
+                raise ConfigError(f"design {path}: scale {name!r} sets {', '.join(bad)}; a scale sets only "
+                                  f"{', '.join(sorted(SCALE_KEYS))}")
+        try:
+            return cls(d["batch_size"], d["elr"], d["baseline"], d["scales"])
+        except KeyError as e:
+            raise ConfigError(f"design {path}: missing key {e.args[0]!r}; required: batch_size, elr, baseline, scales") from None
+
+    def scale(self, name: str) -> dict:
+        if name not in self.scales:
+            raise ConfigError(f"unknown scale {name!r}; accepted: {', '.join(self.scales)}")
+        return dict(self.scales[name])
+
+
+def schedule_settings(schedule: str, epochs: int) -> dict:
+    """Schedule parameters proportional to the run length, so a scale changes epochs, not the design."""
+    return {
+        "step": {"step_size": max(1, epochs // 3), "gamma": 0.1},
+        "multistep": {"milestones": [max(1, epochs // 2), max(2, 3 * epochs // 4)], "gamma": 0.1},
+        "exponential": {"gamma": 0.01 ** (1 / epochs)},  # decays 100x over the run
+        "warmup": {"warmup_epochs": max(1, epochs // 20)},
+        "plateau": {"plateau_patience": max(2, epochs // 20), "gamma": 0.1},
+    }.get(schedule, {})
+
+
+def baseline_draws(baseline: dict) -> list[dict]:
+    """The random optimizer x schedule x lr x L2 draws: the same list for the same seed, on any machine."""
+    rng = np.random.default_rng(baseline["seed"])
+    loguniform = lambda lo, hi: float(math.exp(rng.uniform(math.log(lo), math.log(hi))))  # noqa: E731
+    draws = []
+    for _ in range(baseline["count"]):
+        opt = str(rng.choice(baseline["optimizers"]))
+        sched = str(rng.choice(baseline["schedules"]))
+        lr = loguniform(*baseline["lr"][opt])
+        wd = loguniform(*baseline["weight_decay"])
+        momentum = float(rng.choice(baseline["momentum"])) if opt in ("sgd", "rmsprop") else 0.0
+        draws.append({"optimizer": opt, "schedule": sched, "lr": lr, "weight_decay": wd, "momentum": momentum})
+    return draws
+
+
+def expand(design: Design, scale_name: str, *, seeds: int = 1, data: str | None = None,
+           device: str = "cpu") -> list[tuple[str, RunConfig]]:
+    """Every run of the study at one scale: 8 ELR grid points + the baseline draws, times `seeds`."""
+    scale = design.scale(scale_name)
+    if data:
+        scale["data"] = data
+    base = dict(scale, batch_size=design.batch_size, device=device)
+    elr = {k: v for k, v in design.elr.items() if k not in ("lr0", "weight_decay")}
+    arms = [(f"elr-lr{lr0:g}-wd{wd:g}", "elr", dict(elr, lr=lr0, weight_decay=wd))
+            for lr0 in design.elr["lr0"] for wd in design.elr["weight_decay"]]
+    arms += [(f"base{i}-{d['optimizer']}-{d['schedule']}-lr{d['lr']:.3g}-wd{d['weight_decay']:.2g}", "baseline", d)
+             for i, d in enumerate(baseline_draws(design.baseline))]
+    out = []
+    for seed in range(seeds):
+        for i, (name, group, settings) in enumerate(arms):
+            run_name = f"{i:02d}-{name}" + (f"-s{seed}" if seeds > 1 else "")
+            cfg = RunConfig.from_dict({**base, **settings, **schedule_settings(settings["schedule"], base["epochs"]),
+                                       "seed": seed, "labels": {"group": group, "scale": scale_name, "config_id": name}})
+            out.append((run_name, cfg.validate()))
+    return out
+
+
+@contextmanager
+def _claim(path: Path, block: bool):
+    """An advisory lock on RUN.lock: held while training; released by the kernel if the holder dies."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def run_ended(path: Path) -> bool:
+    s = rundir.read_summary(path)
+    return s is not None and bool(s.get("finished") or s.get("diverged"))
+
+
+def train_all(configs: list[tuple[str, RunConfig]], root: str | Path, *, progress: bool = False) -> list[Path]:
+    """Train every run not yet ended, cooperating with other processes on the same `root`.
+
+    First pass: take every unclaimed run. Second pass: wait on the runs others hold, and finish any
+    whose holder died. Raises ConfigError if a run directory holds a different configuration.
+    """
+    from .train import train
+
+    root = Path(root)
+    for block in (False, True):
+        for name, cfg in configs:
+            path = root / name
+            if run_ended(path):
+                continue
+            with _claim(root / f".{name}.lock", block) as mine:
+                if mine and not run_ended(path):
+                    summary = train(cfg, path, progress=progress)
+                    if summary.get("interrupted"):
+                        raise KeyboardInterrupt(f"run {name} interrupted at epoch {summary['epochs_done']}")
+    return [root / name for name, _ in configs]
+
+
+def fresh(root: str | Path) -> None:
+    """Start a study over: remove its runs directory (only a directory that holds run directories)."""
+    root = Path(root)
+    if root.is_dir():
+        if any(p.is_file() and p.suffix != ".lock" for p in root.iterdir()):
+            raise ConfigError(f"--fresh refuses to delete {root}: it holds files that are not runs")
+        shutil.rmtree(root)
+
+
+def meta(loaded: list[rundir.Run], **extra) -> dict:
+    """The report's Setup section, read from the runs themselves."""
+    cfgs = [r.config for r in loaded]
+    env = cfgs[0].get("env", {}) if cfgs else {}
+
+    def values(key):
+        return sorted({str(c.get(key)) for c in cfgs})
+
+    walls = [r.summary.get("wall_time") or 0.0 for r in loaded if r.summary]
+    return {
+        "scale": ", ".join(sorted({(c.get("labels") or {}).get("scale", "?") for c in cfgs})),
+        "date": _dt.date.today().isoformat(),
+        "data": ", ".join(values("data")), "subset": ", ".join(values("subset")),
+        "model": ", ".join(values("model")), "width": ", ".join(values("width")),
+        "epochs": ", ".join(values("epochs")), "batch_size": ", ".join(values("batch_size")),
+        "seeds": len(set(values("seed"))), "runs": len(loaded),
+        "device": env.get("gpu") or ", ".join(values("device")),
+        "versions": {k: env.get(k) for k in ("elr", "torch", "torchvision", "numpy", "python", "cuda", "git")},
+        "wall_time_runs_s": round(sum(walls), 1),
+        **extra,
+    }
+
+
+def evaluate(loaded: list[rundir.Run]):
+    from .claims import evaluate_all
+
+    return evaluate_all(loaded)
+
+
+def rebuild_report(runs_dir: str | Path, out: str | Path | None = None) -> Path:
+    """`python -m elr report RUNS_DIR`: verdicts and figures from existing run directories, no training."""
+    from .report import write_report
+
+    loaded = rundir.load_runs(runs_dir)
+    if not loaded:
+        raise ConfigError(f"no run directories (with config.json) in {runs_dir}")
+    info = meta(loaded)
+    out = Path(out) if out else Path("reports") / f"{Path(runs_dir).resolve().name}-{info['date']}"
+    return write_report(out, evaluate(loaded), loaded, info)
