@@ -194,7 +194,7 @@ class StudyReport:
         for scale, root in self.studies.items():
             loaded = runs.load_runs(root)
             info = meta(loaded, session_wall_time_s=round(time.time() - self.started, 1), scale=scale)
-            out = Path(self.config.getoption("report_dir")) / f"{scale}-{info['date']}"
+            out = (Path(self.config.getoption("report_dir")) / f"{scale}-{info['date']}").resolve()
             verdicts = [Verdict.from_json(self.verdicts[scale][k]) for k in sorted(self.verdicts[scale])]
             self.paths.append((write_report(out, verdicts, loaded, info), verdicts))
 

@@ -1,0 +1,123 @@
+"""The study layer: design expansion, and the pytest plugin end to end on a micro study (pytester)."""
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from elr.cli import main
+from elr.config import ConfigError
+from elr.study import Design, baseline_draws, expand
+
+ROOT = Path(__file__).resolve().parents[1]
+DESIGN = ROOT / "experiments" / "design.toml"
+MICRO = """
+[scales.micro]
+model = "convnet_si"
+width = 2
+data = "synthetic"
+subset = 60
+epochs = 21
+"""
+
+
+def test_design_expands_to_the_seeds_16_configurations():
+    design = Design.load(DESIGN)
+    runs = expand(design, "smoke")
+    groups = [cfg.labels["group"] for _, cfg in runs]
+    assert len(runs) == 16 and groups.count("elr") == 8 and groups.count("baseline") == 8
+    assert len({name for name, _ in runs}) == 16
+    elr = [cfg for _, cfg in runs if cfg.labels["group"] == "elr"]
+    assert all((c.optimizer, c.schedule, c.elr_power, c.momentum) == ("sgd", "elr", 1, 0.0) for c in elr)
+    grid = {(c.lr, c.weight_decay) for c in elr}
+    assert grid == {(lr, wd) for lr in design.elr["lr0"] for wd in design.elr["weight_decay"]}
+    assert baseline_draws(design.baseline) == baseline_draws(design.baseline)  # the recorded seed fixes them
+    for _, c in runs:
+        lo, hi = design.baseline["lr"][c.optimizer] if c.labels["group"] == "baseline" else (0, 1e9)
+        assert lo <= c.lr <= hi
+    # a scale changes model, data and epochs (and the epoch-proportional schedule lengths), nothing else
+    ignore = {"model", "width", "data", "subset", "epochs", "labels", "step_size", "milestones", "gamma",
+              "warmup_epochs", "plateau_patience"}
+    for (_, a), (_, b) in zip(runs, expand(design, "cpu")):
+        assert {k: v for k, v in a.identity().items() if k not in ignore} == \
+               {k: v for k, v in b.identity().items() if k not in ignore}
+    assert len(expand(design, "smoke", seeds=3)) == 48
+
+
+def test_bad_design_and_scale(tmp_path):
+    bad = tmp_path / "d.toml"
+    bad.write_text(DESIGN.read_text() + "\n[scales.x]\nmodel = 'convnet_si'\nbatch_size = 64\n")
+    with pytest.raises(ConfigError, match="a scale sets only"):
+        Design.load(bad)
+    with pytest.raises(ConfigError, match="unknown scale 'huge'; accepted: smoke, cpu, full"):
+        Design.load(DESIGN).scale("huge")
+
+
+@pytest.fixture
+def micro(pytester):
+    """A pytester project with the real conftest and claim tests and a micro scale (seconds to train)."""
+    pytester.makeconftest((ROOT / "conftest.py").read_text())
+    (pytester.path / "experiments").mkdir()
+    (pytester.path / "experiments" / "test_claims.py").write_text((ROOT / "experiments" / "test_claims.py").read_text())
+    design = DESIGN.read_text().replace("batch_size = 128", "batch_size = 50") + MICRO
+    (pytester.path / "experiments" / "design.toml").write_text(design)
+    return pytester
+
+
+def outcomes(junit: Path) -> dict:
+    """claim id -> PASSED / FAILED / SKIPPED, from pytest's junit xml."""
+    found = {}
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        claim = case.get("name").split("_")[1].upper()
+        kinds = {child.tag for child in case}
+        found[claim] = "FAILED" if "failure" in kinds else "SKIPPED" if "skipped" in kinds else "PASSED"
+    return found
+
+
+def test_plugin_end_to_end_and_xdist_writes_one_report(micro):
+    args = ["experiments/", "--scale", "micro", "-p", "no:cacheprovider", "--report-dir", "rep"]
+    first = micro.runpytest_subprocess(*args, "--junitxml=first.xml")
+    assert first.ret in (0, 1), first.stdout.str()
+    reports = list((micro.path / "rep").iterdir())
+    assert len(reports) == 1 and reports[0].name.startswith("micro-")
+    for f in ("report.md", "report.html", "verdicts.json"):
+        assert (reports[0] / f).is_file()
+    verdicts = {v["id"]: v for v in json.loads((reports[0] / "verdicts.json").read_text())}
+    assert sorted(verdicts) == ["H1", "H2", "H3", "H4", "H5"]
+    expected = {"held": "PASSED", "refuted": "FAILED", "inconclusive": "SKIPPED"}
+    assert outcomes(micro.path / "first.xml") == {k: expected[v["verdict"]] for k, v in verdicts.items()}
+    assert len(list((micro.path / "runs" / "micro").glob("*/summary.json"))) == 16
+    assert "elr study report" in first.stdout.str() and str(reports[0] / "report.md") in first.stdout.str()
+
+    # the same study under xdist: runs are reused, the controller writes exactly one report
+    second = micro.runpytest_subprocess(*args[:-1], "rep2", "-n", "2", "--junitxml=second.xml")
+    assert second.ret == first.ret, second.stdout.str()
+    reports2 = list((micro.path / "rep2").iterdir())
+    assert len(reports2) == 1
+    again = {v["id"]: v["verdict"] for v in json.loads((reports2[0] / "verdicts.json").read_text())}
+    assert again == {k: v["verdict"] for k, v in verdicts.items()}
+    assert outcomes(micro.path / "second.xml") == outcomes(micro.path / "first.xml")
+
+    # a report rebuilt from the run directories alone agrees
+    assert main(["report", str(micro.path / "runs" / "micro"), "--out", str(micro.path / "rebuilt")]) == 0
+    rebuilt = {v["id"]: v["verdict"] for v in json.loads((micro.path / "rebuilt" / "verdicts.json").read_text())}
+    assert rebuilt == again
+
+
+def test_long_study_needs_gpu_and_is_never_started_by_default(micro):
+    result = micro.runpytest_subprocess("experiments/", "-m", "long", "-p", "no:cacheprovider")
+    assert result.ret == 2
+    assert any("the long study trains on CUDA: add --gpu" in line for line in result.outlines + result.errlines)
+    collected = micro.runpytest_subprocess("experiments/", "--collect-only", "-q", "-p", "no:cacheprovider")
+    assert collected.ret == 0
+    text = collected.stdout.str()
+    assert "test_h1_elr_converges_to_one_value[selected]" in text and "[full]" not in text
+    assert "5 deselected" in text
+
+
+def test_report_command_errors(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["report", str(tmp_path)]) == 2
+    assert "no run directories" in capsys.readouterr().err
