@@ -17,6 +17,7 @@ problem and what is accepted; the CLI prints it and exits 2.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import zipfile
@@ -145,8 +146,11 @@ SYNTHETIC_CLASSES, SYNTHETIC_SIZE, SYNTHETIC_CHANNELS = 10, 32, 3
 SYNTHETIC_TRAIN, SYNTHETIC_TEST = 2000, 500  # multiples of the class count: exactly balanced
 
 
+@functools.lru_cache(maxsize=1)  # a study builds it once per process, not once per run
 def synthetic_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The deterministic synthetic data set as (x_train, y_train, x_test, y_test), uint8 NHWC and int64."""
+    """The deterministic synthetic data set as (x_train, y_train, x_test, y_test), uint8 NHWC and int64.
+
+    The arrays are cached and marked read-only: callers copy before changing them."""
     k, c, s = SYNTHETIC_CLASSES, SYNTHETIC_CHANNELS, SYNTHETIC_SIZE
     n = SYNTHETIC_TRAIN + SYNTHETIC_TEST
     rng = np.random.default_rng(SYNTHETIC_SEED)
@@ -182,6 +186,7 @@ def synthetic_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     order = np.concatenate([rng.permutation(SYNTHETIC_TRAIN),
                             SYNTHETIC_TRAIN + rng.permutation(SYNTHETIC_TEST)])
     x, y = np.ascontiguousarray(x[order]), y[order].astype(np.int64)
+    x.flags.writeable = y.flags.writeable = False  # shared by every caller through the cache
     return x[:SYNTHETIC_TRAIN], y[:SYNTHETIC_TRAIN], x[SYNTHETIC_TRAIN:], y[SYNTHETIC_TRAIN:]
 
 
@@ -243,7 +248,7 @@ def channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _images_to_tensor(x: np.ndarray, mean, std, device) -> torch.Tensor:
     # move uint8 (a quarter of float32's bytes), then convert on the device; (x/255 - m)/s = (x - 255m)/(255s)
-    t = torch.from_numpy(np.ascontiguousarray(x)).to(device).permute(0, 3, 1, 2).contiguous()
+    t = torch.from_numpy(np.ascontiguousarray(x) if x.flags.writeable else x.copy()).to(device).permute(0, 3, 1, 2).contiguous()
     shift = torch.tensor(np.asarray(mean) * 255, dtype=torch.float32, device=device).view(1, -1, 1, 1)
     scale = torch.tensor(np.asarray(std) * 255, dtype=torch.float32, device=device).view(1, -1, 1, 1)
     return t.to(torch.float32).sub_(shift).div_(scale)

@@ -122,7 +122,7 @@ def _cli(out, epochs):
 def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     full, killed = tmp_path / "full", tmp_path / "killed"
-    subprocess.run(_cli(full, 5), check=True, env=env, capture_output=True)
+    reference = subprocess.Popen(_cli(full, 5), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     proc = subprocess.Popen(_cli(killed, 5), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while len(runs.read_metrics(killed)) < 3 and time.time() < deadline and proc.poll() is None:
@@ -132,6 +132,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
     assert not (killed / runs.SUMMARY).exists(), "the run finished before it could be killed"
     with open(killed / runs.METRICS, "ab") as f:
         f.write(b'{"epoch": 4, "tr')  # a torn line, as a kill during a write leaves it
+    assert reference.wait() == 0, reference.stderr.read()
     done = subprocess.run(_cli(killed, 5), env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     lines = (killed / runs.METRICS).read_text().splitlines()
