@@ -190,6 +190,14 @@ def _verdict(cid, verdict, *, statistic=None, p=None, effect=None, ci=None, runs
                    seed_finding=SEED_FINDINGS[cid], details=details or {})
 
 
+def _count_verdict(k: int, *, needed: int, analysable: int, min_runs: int) -> str:
+    """A claim of occurrence: held when k runs show it (k >= needed); refuted only when enough runs
+    could have shown it and too few did; otherwise inconclusive."""
+    if k >= needed:
+        return HELD
+    return REFUTED if analysable >= min_runs else INCONCLUSIVE
+
+
 def _arm(runs, group):
     return [r for r in runs if r.group == group]
 
@@ -284,12 +292,8 @@ def evaluate_h2(runs: list[Run]) -> Verdict:
                f"{detectors.PROMINENCE_K:g} x robust noise, interval CV <= {detectors.MAX_CV:g}, surrogate "
                f"p < {ALPHA:g}/{m} (Bonferroni over {m} run-series); claim p = {_fmt(p)}. "
                f"{association['summary']}")
-    if k > 0:
-        verdict = HELD
-    elif len(analysable) >= H2_MIN_RUNS:
-        verdict = REFUTED
-    else:
-        verdict = INCONCLUSIVE
+    verdict = _count_verdict(k, needed=1, analysable=len(analysable), min_runs=H2_MIN_RUNS)
+    if verdict == INCONCLUSIVE:
         numbers = f"fewer than {H2_MIN_RUNS} ELR runs long enough to analyse. " + numbers
     return _verdict("H2", verdict, statistic=k, p=p, effect=frac, ci=ci, runs=[r.name for r in analysable],
                     details=details, reason=numbers)
@@ -387,12 +391,8 @@ def evaluate_h4(runs: list[Run]) -> Verdict:
                f"{detectors.NOISE_K:g} x noise) within {detectors.WITHIN} epochs regained to within "
                f"{detectors.TOLERANCE:g} within {detectors.RECOVER_WITHIN} epochs; {co.n_events} events in all; "
                f"{co_text}. Criterion: held if >= {H4_MIN_RUNS_WITH_EVENTS} runs have one")
-    if k >= H4_MIN_RUNS_WITH_EVENTS:
-        verdict = HELD
-    elif len(analysable) >= H4_MIN_RUNS:
-        verdict = REFUTED
-    else:
-        verdict = INCONCLUSIVE
+    verdict = _count_verdict(k, needed=H4_MIN_RUNS_WITH_EVENTS, analysable=len(analysable), min_runs=H4_MIN_RUNS)
+    if verdict == INCONCLUSIVE:
         numbers = f"fewer than {H4_MIN_RUNS} runs with >= {H4_MIN_EPOCHS} epochs. " + numbers
     return _verdict("H4", verdict, statistic=k, effect=frac, ci=ci, runs=analysable, details=details,
                     reason=numbers)

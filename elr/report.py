@@ -336,19 +336,21 @@ def _log_log_axes(ax, xlim, ylim) -> None:
     ax.grid(True, which="major", alpha=0.3)
 
 
-def _scatter_runs(ax, pts, colors):
+def _scatter_figure(pts, colors):
+    """A small square figure with one dot per run, in the run's curve colour."""
+    fig = Figure(figsize=(4.2, 3.8))
+    fig.subplots_adjust(left=0.2, right=0.96, bottom=0.14, top=0.9)
+    ax = fig.add_subplot()
     for name, x, y in pts:
         ax.scatter([x], [y], s=22, color=colors.get(name, "tab:purple"), edgecolors="k", linewidths=0.4, zorder=3)
+    return fig, ax
 
 
 def _h5_angle_figure(h5: dict, colors: dict) -> tuple[bytes | None, str]:
     pts = _h5_points(h5, "predicted_angle", "measured_angle")
     if not pts:
         return None, "H5 has no point with positive finite measured and predicted angular updates"
-    fig = Figure(figsize=(4.2, 3.8))
-    fig.subplots_adjust(left=0.2, right=0.96, bottom=0.14, top=0.9)
-    ax = fig.add_subplot()
-    _scatter_runs(ax, pts, colors)
+    fig, ax = _scatter_figure(pts, colors)
     xs, ys = np.array([p[1] for p in pts]), np.array([p[2] for p in pts])
     lim = _log_limits(np.concatenate([xs, ys]))
     ax.plot(lim, lim, color="grey", linestyle="--", linewidth=1, label="measured = predicted")
@@ -366,10 +368,7 @@ def _h5_elr_figure(h5: dict, colors: dict) -> tuple[bytes | None, str]:
     pts = _h5_points(h5, "eta_lambda", "elr_star")
     if not pts:
         return None, "H5 has no point with positive finite ηλ and equilibrium ELR"
-    fig = Figure(figsize=(4.2, 3.8))
-    fig.subplots_adjust(left=0.2, right=0.96, bottom=0.14, top=0.9)
-    ax = fig.add_subplot()
-    _scatter_runs(ax, pts, colors)
+    fig, ax = _scatter_figure(pts, colors)
     lx, ly = np.log([p[1] for p in pts]), np.log([p[2] for p in pts])
     xlim = _log_limits(np.exp(lx))
     grid = np.log(xlim)
