@@ -94,9 +94,9 @@ def cmd_train(args) -> int:
               file=sys.stderr)
         return 130
     state = "diverged at epoch %s" % summary["diverged_epoch"] if summary["diverged"] else "finished"
-    acc = summary["final_test_acc"]
-    print(f"{args.out}: {state}, {summary['epochs_done']} epochs, final test acc "
-          f"{'n/a' if acc is None else f'{acc:.4f}'}, best {summary['best_test_acc']}")
+    fmt = lambda a: "n/a" if a is None else f"{a:.4f}"  # noqa: E731
+    print(f"{args.out}: {state}, {summary['epochs_done']} epochs, final test acc {fmt(summary['final_test_acc'])}, "
+          f"best {fmt(summary['best_test_acc'])} (epoch {summary['best_epoch']})")
     return 0
 
 

@@ -160,14 +160,15 @@ def run_epoch(state: RunState, data: Data, cfg: RunConfig) -> dict:
     trainable = [p for p in model.parameters() if p.requires_grad]
     layer_norms = torch.stack(torch._foreach_norm([p.detach() for p in si_params])) if si_params else zero()[None][:0]
     scalars = torch.stack([
-        loss_sum / n_batches, acc_sum / n_batches, test_loss, test_correct / len(data.y_test),
+        loss_sum / n_batches, acc_sum / n_batches, test_loss, test_correct,
         global_norm(trainable), global_norm(si_params) if si_params else zero(),
         grad_sum / n_batches, angle_sum / n_batches,
         angle_between(start, [p.detach() for p in si_params]) if si_params else zero(),
     ])
     host = torch.cat([scalars, layer_norms]).tolist()  # the epoch's one host sync
-    (train_loss, train_acc, test_loss, test_acc, weight_norm, si_norm,
+    (train_loss, train_acc, test_loss, test_correct, weight_norm, si_norm,
      grad_norm, angle_step, angle_epoch) = host[:9]
+    test_acc = test_correct / len(data.y_test)  # an exact count (< 2^24) divided in float64
     by_layer = dict(zip(state.si, host[9:]))
 
     names = [g["name"] for g in opt.param_groups]
