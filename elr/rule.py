@@ -40,10 +40,10 @@ def angle_between(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
     derived (Kahan): angle = 2 atan2(||a/|a| - b/|b|||, ||a/|a| + b/|b|||), which unlike
     arccos(<a,b>/(|a||b|)) does not lose all digits when the angle is ~1e-4 in float32.
     """
-    na, nb = global_norm(a), global_norm(b)
-    diff = torch.stack([torch.linalg.vector_norm(x / na - y / nb) for x, y in zip(a, b)])
-    summ = torch.stack([torch.linalg.vector_norm(x / na + y / nb) for x, y in zip(a, b)])
-    return 2 * torch.atan2(torch.linalg.vector_norm(diff), torch.linalg.vector_norm(summ))
+    ua, ub = torch._foreach_div(list(a), global_norm(a)), torch._foreach_div(list(b), global_norm(b))
+    diff = global_norm(torch._foreach_sub(ua, ub))  # foreach ops: a few fused kernels per step, not 4 per layer
+    summ = global_norm(torch._foreach_add(ua, ub))
+    return 2 * torch.atan2(diff, summ)
 
 
 @torch.no_grad()
