@@ -141,8 +141,8 @@ def verdict_json(v: Verdict) -> dict:
 def _png(fig: Figure) -> bytes:
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
-    # Fixed margins, not bbox_inches="tight": that draws every figure twice, and a report has several.
-    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
+    # "tight" draws each figure twice, but long run names in an outside legend are not cut off
+    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None}, bbox_inches="tight")
     return buf.getvalue()
 
 
