@@ -39,6 +39,10 @@ def _selects_long(config) -> bool:
     return "long" in expr and "not long" not in expr
 
 
+def _scales(config) -> list[str]:
+    return ["full"] if _selects_long(config) else [config.getoption("scale")]
+
+
 def _is_worker(config) -> bool:
     return hasattr(config, "workerinput")
 
@@ -61,25 +65,29 @@ def pytest_collection_modifyitems(config, items):
 
 
 def _check_request(config) -> str | None:
-    """Why the requested study cannot start here (one line), or None."""
+    """Why the requested study cannot start here (one line), or None. Cheapest checks first."""
     from elr.config import ConfigError
+    from elr.data import DataError, load_data
     from elr.study import Design
 
     if config.getoption("seeds") < 1:
         return f"--seeds must be a positive integer, got {config.getoption('seeds')}"
-    try:
-        design = Design.load(config.getoption("design"))
-        design.scale(config.getoption("scale"))
-    except ConfigError as e:
-        return str(e)
-    wants_gpu = config.getoption("gpu") or _selects_long(config)
-    if wants_gpu:
+    if config.getoption("gpu") or _selects_long(config):
         import torch
 
         if not config.getoption("gpu"):
             return "the long study trains on CUDA: add --gpu (pytest experiments/ -m long --gpu)"
         if not torch.cuda.is_available():
             return "--gpu given but CUDA is not available on this machine; run without --gpu (CPU scales: smoke, cpu)"
+    try:
+        design = Design.load(config.getoption("design"))
+        for name in _scales(config):
+            scale = design.scale(name)
+            # here, once, on the controller: a missing data set stops the session before any worker
+            # starts, and a first-use CIFAR-10 download happens once, not once per worker
+            load_data(config.getoption("data") or scale["data"], subset=scale.get("subset"))
+    except (ConfigError, DataError) as e:
+        return str(e)
     return None
 
 
@@ -96,8 +104,7 @@ def pytest_sessionstart(session):
     if config.getoption("fresh"):
         from elr.study import fresh
 
-        scales = ["full"] if _selects_long(config) else [config.getoption("scale")]
-        for s in scales:
+        for s in _scales(config):
             fresh(Path(config.getoption("runs_dir")) / s)
 
 
@@ -129,7 +136,7 @@ def study(request, scale) -> Study:
     """Train (or reuse, or resume) every run of the study at this scale, then judge all claims."""
     from elr import runs
     from elr.config import ConfigError
-    from elr.data import DataError, load_data
+    from elr.data import DataError
     from elr.study import Design, evaluate, expand, train_all
 
     config = request.config
@@ -141,7 +148,6 @@ def study(request, scale) -> Study:
     try:
         configs = expand(Design.load(config.getoption("design")), scale, seeds=config.getoption("seeds"),
                          data=config.getoption("data"), device=_device(config))
-        load_data(configs[0][1].data, subset=configs[0][1].subset)  # a missing data set stops here, in one line
         root = Path(config.getoption("runs_dir")) / scale
         paths = train_all(configs, root)
     except (ConfigError, DataError) as e:

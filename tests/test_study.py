@@ -105,10 +105,14 @@ def test_plugin_end_to_end_under_xdist_writes_one_report(micro):
     assert rebuilt == again
 
 
-def test_long_study_needs_gpu_and_is_never_started_by_default(micro):
+def test_long_study_needs_gpu_missing_data_stops_and_long_never_starts_by_default(micro):
     result = micro.runpytest_subprocess("experiments/", "-m", "long", "-p", "no:cacheprovider")
     assert result.ret == 2
     assert any("the long study trains on CUDA: add --gpu" in line for line in result.outlines + result.errlines)
+    missing = micro.runpytest_subprocess("experiments/", "--scale", "micro", "--data", "npz:none.npz", "-n", "2",
+                                         "-p", "no:cacheprovider")
+    assert missing.ret == 2 and not (micro.path / "runs").exists()
+    assert any("none.npz does not exist" in line for line in missing.outlines + missing.errlines), missing.outlines
     collected = micro.runpytest_subprocess("experiments/", "--collect-only", "-q", "-p", "no:cacheprovider")
     assert collected.ret == 0
     text = collected.stdout.str()
