@@ -25,7 +25,7 @@ from . import runs as rundir
 from .config import ConfigError, RunConfig, load_mapping
 
 DESIGN_KEYS = {"batch_size", "elr", "baseline", "scales"}
-SCALE_KEYS = {"model", "width", "data", "subset", "epochs"}
+SCALE_KEYS = {"model", "width", "data", "subset", "epochs", "checkpoint_every"}  # what, and how often to save
 
 
 @dataclass
