@@ -1,6 +1,8 @@
 """The study layer: design expansion, and the pytest plugin end to end on a micro study (pytester)."""
 
 import json
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -106,16 +108,21 @@ def test_plugin_end_to_end_under_xdist_writes_one_report(micro):
 
 
 def test_long_study_needs_gpu_missing_data_stops_and_long_never_starts_by_default(micro):
-    result = micro.runpytest_subprocess("experiments/", "-m", "long", "-p", "no:cacheprovider")
-    assert result.ret == 2
-    assert any("the long study trains on CUDA: add --gpu" in line for line in result.outlines + result.errlines)
-    missing = micro.runpytest_subprocess("experiments/", "--scale", "micro", "--data", "npz:none.npz", "-n", "2",
-                                         "-p", "no:cacheprovider")
-    assert missing.ret == 2 and not (micro.path / "runs").exists()
-    assert any("none.npz does not exist" in line for line in missing.outlines + missing.errlines), missing.outlines
-    collected = micro.runpytest_subprocess("experiments/", "--collect-only", "-q", "-p", "no:cacheprovider")
-    assert collected.ret == 0
-    text = collected.stdout.str()
+    def pytest_cmd(*args):  # three sessions side by side: each is mostly interpreter start-up
+        return subprocess.Popen([sys.executable, "-m", "pytest", "experiments/", "-p", "no:cacheprovider", *args],
+                                cwd=micro.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    long_run = pytest_cmd("-m", "long")
+    missing = pytest_cmd("--scale", "micro", "--data", "npz:none.npz", "-n", "2")
+    collected = pytest_cmd("--collect-only", "-q")
+    out = {name: (p.communicate()[0], p.returncode) for name, p in
+           [("long", long_run), ("missing", missing), ("collected", collected)]}
+    text, code = out["long"]
+    assert code == 2 and "the long study trains on CUDA: add --gpu" in text, text
+    text, code = out["missing"]
+    assert code == 2 and "none.npz does not exist" in text and not (micro.path / "runs").exists(), text
+    text, code = out["collected"]
+    assert code == 0, text
     assert "test_h1_elr_converges_to_one_value[selected]" in text and "[full]" not in text
     assert "5 deselected" in text
 
