@@ -18,6 +18,7 @@ import math
 import numpy as np
 
 from elr import detectors, stats
+from elr.rule import predicted_angular_update, relaxation_steps
 from elr.runs import Run
 from elr.verdict import HELD, INCONCLUSIVE, REFUTED, Verdict
 
@@ -152,9 +153,7 @@ def equilibration(run: Run) -> dict:
     wd = float(_cfg(run, "weight_decay", 0.0))
     last = run.metrics[-1] if run.metrics else {}
     spe = (last.get("step") or 0) / last["epoch"] if last.get("epoch") else math.nan
-    tau_epochs = math.inf
-    if eta > 0 and wd > 0 and spe > 0:
-        tau_epochs = 1.0 / (4.0 * eta * wd) / spe   # Wan et al. 2021: tau = 1/(4ηλ) steps
+    tau_epochs = relaxation_steps(eta, wd) / spe if eta > 0 and wd > 0 and spe > 0 else math.inf
     off = np.flatnonzero(np.abs(lr / eta - 1.0) > LR_SETTLED_TOL) if lr.size and eta > 0 else np.array([])
     settled = int(lr.size - (off[-1] + 1)) if off.size else int(lr.size)
     ok = (not diverged(run)) and math.isfinite(tau_epochs) and settled >= N_TAU * tau_epochs
@@ -400,12 +399,6 @@ def evaluate_h4(runs: list[Run]) -> Verdict:
 
 # ---------------------------------------------------------------------------------------------- H5
 
-def predicted_angle(eta: float, wd: float, momentum: float) -> float:
-    """Wan et al. 2021 (spherical motion dynamics), SGD with momentum: equilibrium angular update per
-    step √(2ηλ/(1+μ))."""
-    return math.sqrt(2.0 * eta * wd / (1.0 + momentum))
-
-
 def evaluate_h5(runs: list[Run]) -> Verdict:
     """H5: on equilibrated SGD runs with weight decay (both arms): geometric-mean measured/predicted
     angular update with a bootstrap CI inside [1/1.5, 1.5], and the slope of log ELR* on log(ηλ) with
@@ -424,7 +417,7 @@ def evaluate_h5(runs: list[Run]) -> Verdict:
             continue
         mu = float(_cfg(r, "momentum", 0.0))
         points.append({"run": r.name, "eta": e["eta"], "wd": wd, "momentum": mu, "eta_lambda": e["eta"] * wd,
-                       "measured_angle": measured, "predicted_angle": predicted_angle(e["eta"], wd, mu),
+                       "measured_angle": measured, "predicted_angle": predicted_angular_update(e["eta"], wd, mu),
                        "elr_star": elr_star})
     details = {"points": points, "slope": None, "slope_ci": None,
                "ratio_margin": H5_RATIO_MARGIN, "slope_band": [H5_SLOPE - H5_SLOPE_MARGIN,

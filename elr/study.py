@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as _dt
 import fcntl
 import math
-import os
 import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass

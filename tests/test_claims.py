@@ -213,11 +213,6 @@ def h5_runs(root, factor=1.0, n=6, wd_scale=1.0):
     return load_runs(root)
 
 
-def test_predicted_angle_hand_value():
-    assert claims.predicted_angle(0.1, 5e-4, 0.9) == pytest.approx(math.sqrt(1e-4 / 1.9))
-    assert claims.predicted_angle(0.1, 5e-4, 0.0) == pytest.approx(0.01)
-
-
 def test_h5_theory_planted_holds(tmp_path):
     v = claims.evaluate_h5(h5_runs(tmp_path))
     assert v.verdict == HELD, v.reason
