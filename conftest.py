@@ -102,10 +102,14 @@ def pytest_sessionstart(session):
     if reason:
         pytest.exit(f"elr: {reason}", returncode=2)
     if config.getoption("fresh"):
+        from elr.config import ConfigError
         from elr.study import fresh
 
-        for s in _scales(config):
-            fresh(Path(config.getoption("runs_dir")) / s)
+        try:
+            for s in _scales(config):
+                fresh(Path(config.getoption("runs_dir")) / s)
+        except ConfigError as e:  # a refusal is bad input: one line, exit 2, nothing deleted
+            pytest.exit(f"elr: {e}", returncode=2)
 
 
 # ------------------------------------------------------------------------------------------- fixtures

@@ -131,6 +131,12 @@ def read_summary(run_dir: str | os.PathLike) -> dict | None:
     return read_json(path) if path.exists() else None
 
 
+def run_ended(run_dir: str | os.PathLike) -> bool:
+    """True when the run wrote its summary as finished or diverged: nothing left to train."""
+    s = read_summary(run_dir)
+    return s is not None and bool(s.get("finished") or s.get("diverged"))
+
+
 def is_run_dir(path: str | os.PathLike) -> bool:
     return (Path(path) / CONFIG).is_file()
 

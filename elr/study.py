@@ -120,11 +120,6 @@ def _claim(path: Path, block: bool):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def run_ended(path: Path) -> bool:
-    s = rundir.read_summary(path)
-    return s is not None and bool(s.get("finished") or s.get("diverged"))
-
-
 def train_all(configs: list[tuple[str, RunConfig]], root: str | Path, *, progress: bool = False) -> list[Path]:
     """Train every run not yet ended, cooperating with other processes on the same `root`.
 
@@ -137,10 +132,10 @@ def train_all(configs: list[tuple[str, RunConfig]], root: str | Path, *, progres
     for block in (False, True):
         for name, cfg in configs:
             path = root / name
-            if run_ended(path):
+            if rundir.run_ended(path):
                 continue
             with _claim(root / f".{name}.lock", block) as mine:
-                if mine and not run_ended(path):
+                if mine and not rundir.run_ended(path):
                     summary = train(cfg, path, progress=progress)
                     if summary.get("interrupted"):
                         raise KeyboardInterrupt(f"run {name} interrupted at epoch {summary['epochs_done']}")

@@ -245,9 +245,8 @@ def train(cfg: RunConfig, out: str | os.PathLike, *, progress: bool | None = Non
     out = Path(out)
     cfg.validate()
     check_run_dir(cfg, out)
-    done = runs.read_summary(out)
-    if done is not None and (done.get("finished") or done.get("diverged")):
-        return done
+    if runs.run_ended(out):
+        return runs.read_summary(out)
     device = torch.device(cfg.device)
     data = load_data(cfg.data, subset=cfg.subset, seed=cfg.data_seed, device=device)
     state = build_state(cfg, data.num_classes, device)

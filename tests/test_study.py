@@ -112,11 +112,18 @@ def test_long_study_needs_gpu_missing_data_stops_and_long_never_starts_by_defaul
         return subprocess.Popen([sys.executable, "-m", "pytest", "experiments/", "-p", "no:cacheprovider", *args],
                                 cwd=micro.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
+    stray = micro.path / "kept" / "micro" / "notes.txt"
+    stray.parent.mkdir(parents=True)
+    stray.write_text("mine")
+    refused = pytest_cmd("--scale", "micro", "--fresh", "--runs-dir", "kept")
     long_run = pytest_cmd("-m", "long")
     missing = pytest_cmd("--scale", "micro", "--data", "npz:none.npz", "-n", "2")
     collected = pytest_cmd("--collect-only", "-q")
     out = {name: (p.communicate()[0], p.returncode) for name, p in
-           [("long", long_run), ("missing", missing), ("collected", collected)]}
+           [("long", long_run), ("missing", missing), ("collected", collected), ("refused", refused)]}
+    text, code = out["refused"]
+    assert code == 2 and "--fresh refuses to delete" in text and "Traceback" not in text, text
+    assert stray.read_text() == "mine"
     text, code = out["long"]
     assert code == 2 and "the long study trains on CUDA: add --gpu" in text, text
     text, code = out["missing"]
