@@ -85,7 +85,8 @@ def _check_request(config) -> str | None:
             scale = design.scale(name)
             # here, once, on the controller: a missing data set stops the session before any worker
             # starts, and a first-use CIFAR-10 download happens once, not once per worker
-            load_data(config.getoption("data") or scale["data"], subset=scale.get("subset"))
+            load_data(config.getoption("data") or scale["data"], subset=scale.get("subset"),
+                      test_subset=scale.get("test_subset"))
     except (ConfigError, DataError) as e:
         return str(e)
     return None

@@ -27,6 +27,7 @@ class RunConfig:
     width: int | None = None         # base channel width; None = the model's default
     data: str = "synthetic"          # cifar10 | npz:PATH | synthetic
     subset: int | None = None        # class-balanced training subset size (test subset proportional)
+    test_subset: int | None = None   # class-balanced test subset size; None = proportional to subset
     data_seed: int = 0               # seeds the subset draw: the same images for every run of a study
     # --- optimisation
     epochs: int = 10
@@ -108,8 +109,9 @@ class RunConfig:
             raise ConfigError(f"batch_size must be an integer >= 2 (BatchNorm needs 2 samples), got {self.batch_size!r}")
         if self.width is not None:
             positive("width", self.width, integer=True)
-        if self.subset is not None:
-            positive("subset", self.subset, integer=True)
+        for name in ("subset", "test_subset"):
+            if getattr(self, name) is not None:
+                positive(name, getattr(self, name), integer=True)
         nonneg("weight_decay", self.weight_decay)
         if not isinstance(self.momentum, (int, float)) or not 0 <= self.momentum < 1:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum!r}")

@@ -48,9 +48,10 @@ class Data:
     std: tuple[float, ...]
 
 
-def load_data(spec: str, *, subset: int | None = None, seed: int = 0, device="cpu",
-              cache_dir=None) -> Data:
+def load_data(spec: str, *, subset: int | None = None, test_subset: int | None = None, seed: int = 0,
+              device="cpu", cache_dir=None) -> Data:
     """Load the data set named by `spec`, take a class-balanced subset if asked, normalize, move it to `device`.
+    `test_subset` sets the test subset's size (default: proportional to `subset`, or the whole split).
     Raises DataError, with a one-line message, for anything that cannot be used as asked."""
     spec = str(spec).strip()
     if spec == "cifar10":
@@ -75,8 +76,8 @@ def load_data(spec: str, *, subset: int | None = None, seed: int = 0, device="cp
         raise DataError(f"{name}: channel {int(np.argmin(std))} of x_train is constant, so it cannot be "
                         "normalized; every channel must vary")
 
-    if subset is not None and subset != len(y_train):
-        train_idx, test_idx = _subset_indices(name, y_train, y_test, num_classes, subset, seed)
+    if (subset is not None and subset != len(y_train)) or test_subset is not None:
+        train_idx, test_idx = _subset_indices(name, y_train, y_test, num_classes, subset, seed, test_subset)
         x_train, y_train = x_train[train_idx], y_train[train_idx]
         x_test, y_test = x_test[test_idx], y_test[test_idx]
 
@@ -276,16 +277,21 @@ def balanced_subset(y: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(chosen))
 
 
-def _subset_indices(name, y_train, y_test, num_classes, subset, seed):
+def _subset_indices(name, y_train, y_test, num_classes, subset, seed, test_subset=None):
     n_train, n_test = len(y_train), len(y_test)
-    if isinstance(subset, bool) or not isinstance(subset, (int, np.integer)):
-        raise DataError(f"subset must be an integer number of training images, got {subset!r}")
-    if not num_classes <= subset <= n_train:
-        raise DataError(f"subset {subset} is outside what {name} allows: at least one image per class "
-                        f"and at most the training set, {num_classes} <= subset <= {n_train}")
-    # the test split shrinks in proportion, rounded half up, keeping at least one image
-    n_sub_test = min(n_test, max(1, math.floor(subset * n_test / n_train + 0.5)))
-    return balanced_subset(y_train, int(subset), seed), balanced_subset(y_test, n_sub_test, seed)
+    subset = n_train if subset is None else subset
+    for what, value, n in (("subset", subset, n_train), ("test_subset", test_subset, n_test)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise DataError(f"{what} must be an integer number of images, got {value!r}")
+        if not num_classes <= value <= n:
+            raise DataError(f"{what} {value} is outside what {name} allows: at least one image per class "
+                            f"and at most the split, {num_classes} <= {what} <= {n}")
+    # by default the test split shrinks in proportion, rounded half up, keeping at least one image
+    n_sub_test = test_subset if test_subset is not None else min(n_test, max(1, math.floor(subset * n_test / n_train + 0.5)))
+    train_idx = balanced_subset(y_train, int(subset), seed) if subset != n_train else np.arange(n_train)
+    return train_idx, balanced_subset(y_test, int(n_sub_test), seed)
 
 
 # ---------------------------------------------------------------------------------------- batches

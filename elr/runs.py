@@ -98,7 +98,17 @@ def append_metrics(run_dir: str | os.PathLike, record: dict) -> None:
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
-    """All complete epoch records in order; a torn (unterminated or unparsable) last line is skipped."""
+    """The trained epochs' records (epoch >= 1) in order; see `read_initial` for epoch 0."""
+    return [r for r in _read_records(run_dir) if r.get("epoch", 1) >= 1]
+
+
+def read_initial(run_dir: str | os.PathLike) -> dict | None:
+    """The epoch-0 record (the state at initialisation, before the first step), or None (older runs)."""
+    return next((r for r in _read_records(run_dir) if r.get("epoch") == 0), None)
+
+
+def _read_records(run_dir: str | os.PathLike) -> list[dict]:
+    """All complete records in order; a torn (unterminated or unparsable) last line is skipped."""
     path = Path(run_dir) / METRICS
     if not path.exists():
         return []
@@ -116,7 +126,7 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
 
 def truncate_metrics(run_dir: str | os.PathLike, last_epoch: int) -> list[dict]:
     """Keep the records with epoch <= last_epoch (those the checkpoint covers), rewritten atomically."""
-    kept = [r for r in read_metrics(run_dir) if r["epoch"] <= last_epoch]
+    kept = [r for r in _read_records(run_dir) if r["epoch"] <= last_epoch]
     data = b"".join((dumps(r) + "\n").encode() for r in kept)
     atomic_write(Path(run_dir) / METRICS, lambda f: f.write(data))
     return kept
@@ -163,7 +173,9 @@ class Run:
         self.path = Path(path)
         self.name = self.path.name
         self.config = read_config(self.path)
-        self.metrics = read_metrics(self.path)
+        records = _read_records(self.path)
+        self.metrics = [r for r in records if r.get("epoch", 1) >= 1]
+        self.initial = next((r for r in records if r.get("epoch") == 0), None)  # None: made before epoch 0 was logged
         self.summary = read_summary(self.path)
 
     @property

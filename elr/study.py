@@ -23,8 +23,8 @@ import numpy as np
 from . import runs as rundir
 from .config import ConfigError, RunConfig, load_mapping
 
-DESIGN_KEYS = {"batch_size", "elr", "baseline", "scales"}
-SCALE_KEYS = {"model", "width", "data", "subset", "epochs", "checkpoint_every"}  # what, and how often to save
+DESIGN_KEYS = {"batch_size", "elr", "baseline", "sgd", "controls", "scales"}
+SCALE_KEYS = {"model", "width", "data", "subset", "test_subset", "epochs", "checkpoint_every"}  # what, and how often to save
 
 
 @dataclass
@@ -33,6 +33,8 @@ class Design:
     elr: dict
     baseline: dict
     scales: dict
+    sgd: dict | None = None        # the third arm (H6): plain SGD on the ELR grid; None = no such arm
+    controls: dict | None = None   # detector controls: {name: run settings (+ by_scale overrides)}
 
     @classmethod
     def load(cls, path: str | Path) -> "Design":
@@ -46,7 +48,7 @@ class Design:
                 raise ConfigError(f"design {path}: scale {name!r} sets {', '.join(bad)}; a scale sets only "
                                   f"{', '.join(sorted(SCALE_KEYS))}")
         try:
-            return cls(d["batch_size"], d["elr"], d["baseline"], d["scales"])
+            return cls(d["batch_size"], d["elr"], d["baseline"], d["scales"], d.get("sgd"), d.get("controls"))
         except KeyError as e:
             raise ConfigError(f"design {path}: missing key {e.args[0]!r}; required: batch_size, elr, baseline, scales") from None
 
@@ -84,23 +86,37 @@ def baseline_draws(baseline: dict) -> list[dict]:
 
 def expand(design: Design, scale_name: str, *, seeds: int = 1, data: str | None = None,
            device: str = "cpu") -> list[tuple[str, RunConfig]]:
-    """Every run of the study at one scale: 8 ELR grid points + the baseline draws, times `seeds`."""
+    """Every run of the study at one scale, times `seeds`: the 8 ELR grid points, the baseline draws, the
+    plain-SGD twins of the grid points (H6) and the detector controls."""
+    from .train import initial_rule_rate
+
     scale = design.scale(scale_name)
     if data:
         scale["data"] = data
     base = dict(scale, batch_size=design.batch_size, device=device)
     elr = {k: v for k, v in design.elr.items() if k not in ("lr0", "weight_decay")}
-    arms = [(f"elr-lr{lr0:g}-wd{wd:g}", "elr", dict(elr, lr=lr0, weight_decay=wd))
-            for lr0 in design.elr["lr0"] for wd in design.elr["weight_decay"]]
-    arms += [(f"base{i}-{d['optimizer']}-{d['schedule']}-lr{d['lr']:.3g}-wd{d['weight_decay']:.2g}", "baseline", d)
+    grid = [(lr0, wd) for lr0 in design.elr["lr0"] for wd in design.elr["weight_decay"]]
+    arms = [(f"elr-lr{lr0:g}-wd{wd:g}", "elr", dict(elr, lr=lr0, weight_decay=wd), {}) for lr0, wd in grid]
+    arms += [(f"base{i}-{d['optimizer']}-{d['schedule']}-lr{d['lr']:.3g}-wd{d['weight_decay']:.2g}", "baseline", d, {})
              for i, d in enumerate(baseline_draws(design.baseline))]
+    if design.sgd is not None:
+        arms += [(f"sgd-twin-lr{lr0:g}-wd{wd:g}", "sgd", dict(design.sgd, weight_decay=wd),
+                  {"twin": f"elr-lr{lr0:g}-wd{wd:g}", "lr0": lr0}) for lr0, wd in grid]
+    for name, settings in (design.controls or {}).items():
+        settings = dict(settings)
+        settings.update(settings.pop("by_scale", {}).get(scale_name, {}))
+        arms.append((f"control-{name}", "control", settings, {"control": name}))
     out = []
     for seed in range(seeds):
-        for i, (name, group, settings) in enumerate(arms):
+        for i, (name, group, settings, labels) in enumerate(arms):
             run_name = f"{i:02d}-{name}" + (f"-s{seed}" if seeds > 1 else "")
-            cfg = RunConfig.from_dict({**base, **settings, **schedule_settings(settings["schedule"], base["epochs"]),
-                                       "seed": seed, "labels": {"group": group, "scale": scale_name, "config_id": name}})
-            out.append((run_name, cfg.validate()))
+            cfg = {**base, **settings, **schedule_settings(settings["schedule"], base["epochs"]), "seed": seed,
+                   "labels": {"group": group, "scale": scale_name, "config_id": name, **labels}}
+            if group == "sgd":  # the twin's first step size, from the same initial weights
+                twin = RunConfig.from_dict({**cfg, **elr, "lr": labels["lr0"]})
+                cfg["lr"] = initial_rule_rate(twin)
+                cfg["labels"]["matched_lr"] = cfg["lr"]
+            out.append((run_name, RunConfig.from_dict(cfg).validate()))
     return out
 
 
@@ -164,6 +180,7 @@ def meta(loaded: list[rundir.Run], **extra) -> dict:
         "scale": ", ".join(sorted({(c.get("labels") or {}).get("scale", "?") for c in cfgs})),
         "date": _dt.date.today().isoformat(),
         "data": ", ".join(values("data")), "subset": ", ".join(values("subset")),
+        "test_subset": ", ".join(values("test_subset")),
         "model": ", ".join(values("model")), "width": ", ".join(values("width")),
         "epochs": ", ".join(values("epochs")), "batch_size": ", ".join(values("batch_size")),
         "seeds": len(set(values("seed"))), "runs": len(loaded),

@@ -30,7 +30,8 @@ from .config import ConfigError, RunConfig
 from .data import Data, batch_indices, load_data
 from .models import build_model, scale_invariant_params
 from .optim import build_optimizer, build_schedule, param_groups
-from .rule import angle_between, global_norm
+from .rule import angle_between, effective_lr, global_norm, rule_lr
+from .theory import relaxation_steps
 
 EVAL_BATCH = 1000  # test-set forward chunk: bounds memory, not results
 
@@ -86,6 +87,17 @@ def build_state(cfg: RunConfig, num_classes: int, device: torch.device) -> RunSt
     return RunState(model, optimizer, schedule, si, torch.Generator().manual_seed(cfg.seed))
 
 
+def initial_rule_rate(cfg: RunConfig) -> float:
+    """The rate an ELR-rule run (schedule elr) applies at its first step: lr0 / ||w0||^p over its norm set,
+    from the same initial weights build_state draws (same seed), leaving the global RNG untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg.model, width=cfg.width)
+        si = scale_invariant_params(model)
+        params = list(si.values()) if cfg.elr_norm == "si" else [p for p in model.parameters() if p.requires_grad]
+        return rule_lr(cfg.lr, float(global_norm(params)), cfg.elr_power)
+
+
 def environment(device: torch.device) -> dict:
     env = {"elr": __version__, "python": platform.python_version(), "torch": torch.__version__,
            "numpy": np.__version__, "cuda": torch.version.cuda, "platform": platform.platform()}
@@ -127,12 +139,20 @@ def check_run_dir(cfg: RunConfig, out: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- epoch
+def _si_rate(state: RunState, layer_sq: torch.Tensor, lr_by_group: dict[str, float]) -> torch.Tensor:
+    # Lobacheva et al. 2021: total ELR = lr / sum ||w_l||^2; derived: with per-layer rates lr is their
+    # ||w_l||^2-weighted mean, so the total equals sum_l lr_l ||w_l||^2 / (sum_l ||w_l||^2)^2
+    rates = torch.tensor([lr_by_group[n] for n in state.si], dtype=layer_sq.dtype, device=layer_sq.device)
+    return (rates * layer_sq).sum() / layer_sq.sum()
+
+
 def run_epoch(state: RunState, data: Data, cfg: RunConfig) -> dict:
     """One pass over the training data plus evaluation; returns the epoch's metrics record."""
     model, opt, si_params = state.model, state.optimizer, list(state.si.values())
     dev = data.x_train.device
     zero = lambda: torch.zeros((), device=dev)  # noqa: E731
     loss_sum, acc_sum, grad_sum, angle_sum = zero(), zero(), zero(), zero()
+    angle_sq_sum, geff_sq_sum, elr_sum = zero(), zero(), zero()
     start = [p.detach().clone() for p in si_params]
     prev = [p.detach().clone() for p in si_params]
     state.schedule.on_epoch_start(state.epoch + 1)
@@ -145,50 +165,88 @@ def run_epoch(state: RunState, data: Data, cfg: RunConfig) -> dict:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if si_params:
-            grad_sum += global_norm([p.grad for p in si_params])  # the loss gradient, before weight decay
+            # the loss gradient (before weight decay) and the norm it is scaled by, at the same step
+            g = global_norm([p.grad for p in si_params])
             torch._foreach_copy_(prev, [p.detach() for p in si_params])
+            layer_sq = torch.stack(torch._foreach_norm(prev)) ** 2
+            rho_sq = layer_sq.sum()
+            grad_sum += g
+            geff_sq_sum += g**2 * rho_sq        # Wan et al. 2021: G = ||g|| ||w||, squared for the RMS
+            elr_sum += _si_rate(state, layer_sq, {gr["name"]: gr["lr"] for gr in opt.param_groups}) / rho_sq
         opt.step()
         state.schedule.on_step_end()
         if si_params:
-            angle_sum += angle_between(prev, [p.detach() for p in si_params])
+            angle = angle_between(prev, [p.detach() for p in si_params])
+            angle_sum += angle
+            angle_sq_sum += angle**2
         loss_sum += loss.detach()
         acc_sum += (out.argmax(1) == y).float().mean()
         state.step += 1
     n_batches = len(batches)
 
     test_loss, test_correct = evaluate(model, data)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    layer_norms = torch.stack(torch._foreach_norm([p.detach() for p in si_params])) if si_params else zero()[None][:0]
-    scalars = torch.stack([
-        loss_sum / n_batches, acc_sum / n_batches, test_loss, test_correct,
-        global_norm(trainable), global_norm(si_params) if si_params else zero(),
-        grad_sum / n_batches, angle_sum / n_batches,
-        angle_between(start, [p.detach() for p in si_params]) if si_params else zero(),
-    ])
-    host = torch.cat([scalars, layer_norms]).tolist()  # the epoch's one host sync
-    (train_loss, train_acc, test_loss, test_correct, weight_norm, si_norm,
-     grad_norm, angle_step, angle_epoch) = host[:9]
-    test_acc = test_correct / len(data.y_test)  # an exact count (< 2^24) divided in float64
-    by_layer = dict(zip(state.si, host[9:]))
-
-    names = [g["name"] for g in opt.param_groups]
-    lrs = [g["lr"] for g in opt.param_groups]
-    lr = lrs[0] if len(set(lrs)) == 1 else dict(zip(names, lrs))
-    group_lr = dict(zip(names, lrs))
-    si_lrs = [group_lr[n] for n in state.si]
-    # Lobacheva et al. 2021: total ELR = lr / sum ||w_l||^2; derived: with per-layer rates lr is their
-    # ||w_l||^2-weighted mean, so the total equals sum_l lr_l ||w_l||^2 / (sum_l ||w_l||^2)^2
-    lr_eff = sum(l * n**2 for l, n in zip(si_lrs, by_layer.values())) / si_norm**2 if si_norm > 0 else math.nan
+    per_step = torch.stack([loss_sum, acc_sum, grad_sum, angle_sum, angle_sq_sum, geff_sq_sum, elr_sum]) / n_batches
+    record, extra = _norm_record(state, cfg, torch.cat([
+        torch.stack([test_loss, test_correct]), per_step,
+        angle_between(start, [p.detach() for p in si_params])[None] if si_params else zero()[None]]))
+    (test_loss, test_correct, train_loss, train_acc, grad_norm, angle_step, angle_sq, geff_sq, elr_mean,
+     angle_epoch) = extra
     state.epoch += 1
     return {
-        "epoch": state.epoch, "step": state.step, "lr": lr, "weight_decay": cfg.weight_decay,
-        "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc,
-        "weight_norm": weight_norm, "si_norm": si_norm, "si_norm_by_layer": by_layer,
-        "elr": lr_eff / si_norm**2 if si_norm > 0 else None,
-        "elr_by_layer": {n: group_lr[n] / w**2 if w > 0 else None for n, w in by_layer.items()},
-        "grad_norm": grad_norm, "effective_grad_norm": grad_norm * si_norm,  # Wan et al. 2021: G = ||g|| ||w||
+        "epoch": state.epoch, "step": state.step, **record, "train_loss": train_loss, "train_acc": train_acc,
+        "test_loss": test_loss, "test_acc": test_correct / len(data.y_test),  # an exact count (< 2^24) / n in float64
+        "grad_norm": grad_norm, "effective_grad_norm": grad_norm * record["si_norm"],  # Wan et al. 2021: G = ||g|| ||w||
+        # the theory's quantities, each over the epoch's steps: the norm balance E[eta^2 ||g||^2] = 2 eta lam ||w||^2
+        # is a mean-square law (Wan et al. 2021), so the angle and G are RMS, and the ELR is the rate each step had
         "angular_update": angle_epoch, "angular_update_per_step": angle_step,
+        "angular_update_rms": math.sqrt(angle_sq), "effective_grad_norm_rms": math.sqrt(geff_sq),
+        "elr_mean": elr_mean if record["si_norm"] > 0 else None,
+        **_tau_by_layer(record, cfg, n_batches),
     }
+
+
+def _norm_record(state: RunState, cfg: RunConfig, extra: torch.Tensor) -> tuple[dict, list[float]]:
+    """The norms, rates and ELRs of the current weights, and `extra` (device scalars) fetched in the same
+    host sync."""
+    opt, si_params = state.optimizer, list(state.si.values())
+    trainable = [p for p in state.model.parameters() if p.requires_grad]
+    dev = extra.device
+    layer_norms = torch.stack(torch._foreach_norm([p.detach() for p in si_params])) if si_params else torch.zeros(0, device=dev)
+    norms = torch.stack([global_norm(trainable).to(dev), global_norm(si_params).to(dev) if si_params else torch.zeros((), device=dev)])
+    host = torch.cat([norms, extra, layer_norms]).tolist()  # the epoch's one host sync
+    weight_norm, si_norm = host[:2]
+    by_layer = dict(zip(state.si, host[2 + extra.numel():]))
+    names = [g["name"] for g in opt.param_groups]
+    lrs = [g["lr"] for g in opt.param_groups]
+    group_lr = dict(zip(names, lrs))
+    si_rates = {group_lr[n] for n in by_layer}
+    # derived (as _si_rate): the ||w_l||^2-weighted mean of the SI layers' rates, the one rate the theory uses
+    lr_si = (None if si_norm <= 0 else si_rates.pop() if len(si_rates) == 1 else
+             sum(group_lr[n] * w**2 for n, w in by_layer.items()) / si_norm**2)
+    return {
+        "lr": lrs[0] if len(set(lrs)) == 1 else group_lr, "lr_si": lr_si, "weight_decay": cfg.weight_decay,
+        "weight_norm": weight_norm, "si_norm": si_norm, "si_norm_by_layer": by_layer,
+        "elr": effective_lr(lr_si, si_norm) if lr_si is not None else None,
+        "elr_by_layer": {n: effective_lr(group_lr[n], w) for n, w in by_layer.items()},
+    }, host[2:2 + extra.numel()]
+
+
+def _tau_by_layer(record: dict, cfg: RunConfig, steps_per_epoch: int) -> dict:
+    """Per-layer relaxation times (epochs) of a per-layer rule: each layer relaxes on its own clock."""
+    if not (cfg.schedule == "elr" and cfg.elr_per_layer) or not isinstance(record["lr"], dict):
+        return {}
+    return {"tau_by_layer": {n: relaxation_steps(record["lr"][n], cfg.weight_decay, power=cfg.elr_power,
+                                                 momentum=cfg.momentum) / steps_per_epoch
+                             for n in record["si_norm_by_layer"]}}
+
+
+def initial_record(state: RunState, data: Data, cfg: RunConfig) -> dict:
+    """Epoch 0, before the first step: the test metrics, norms, and the rule's rate and ELR at initialisation."""
+    state.schedule.on_epoch_start(1)  # idempotent: sets the rate epoch 1 will use, from the initial weights
+    test_loss, test_correct = evaluate(state.model, data)
+    record, (test_loss, test_correct) = _norm_record(state, cfg, torch.stack([test_loss, test_correct]))
+    return {"epoch": 0, "step": 0, **record, "train_loss": None, "train_acc": None, "test_loss": test_loss,
+            "test_acc": test_correct / len(data.y_test), "elr_mean": record["elr"], "wall_time": 0.0}
 
 
 @torch.no_grad()
@@ -248,7 +306,8 @@ def train(cfg: RunConfig, out: str | os.PathLike, *, progress: bool | None = Non
     if runs.run_ended(out):
         return runs.read_summary(out)
     device = torch.device(cfg.device)
-    data = load_data(cfg.data, subset=cfg.subset, seed=cfg.data_seed, device=device)
+    data = load_data(cfg.data, subset=cfg.subset, test_subset=cfg.test_subset, seed=cfg.data_seed,
+                     device=device)
     state = build_state(cfg, data.num_classes, device)
 
     out.mkdir(parents=True, exist_ok=True)
@@ -258,6 +317,8 @@ def train(cfg: RunConfig, out: str | os.PathLike, *, progress: bool | None = Non
     if ckpt.exists():
         state.restore(torch.load(ckpt, map_location=device, weights_only=False))
     runs.truncate_metrics(out, state.epoch)  # lines past the checkpoint (or a torn tail) are redone
+    if state.epoch == 0 and runs.read_initial(out) is None:
+        runs.append_metrics(out, initial_record(state, data, cfg))
 
     show = sys.stderr.isatty() if progress is None else progress
     session_start, first_epoch = time.perf_counter(), state.epoch

@@ -191,3 +191,167 @@ def test_robust_noise_ignores_trend_and_spikes():
     y[::100] += 5.0                                                   # 20 huge spikes
     assert stats.robust_noise(y) == pytest.approx(0.02, rel=0.1)
     assert math.isnan(stats.robust_noise([1.0, 2.0]))
+
+
+# ---------------------------------------------------------------------------------------------- Hodges–Lehmann
+
+def enumerated_u_cdf(m, n):
+    """P(U <= u), u = 0..mn, by enumerating all C(m+n, m) splits of the tie-free ranks 1..m+n."""
+    idx = np.array(list(itertools.combinations(range(1, m + n + 1), m)))
+    u = idx.sum(axis=1) - m * (m + 1) // 2                           # U = rank sum - m(m+1)/2
+    return np.cumsum(np.bincount(u, minlength=m * n + 1)) / len(idx)
+
+
+@pytest.mark.parametrize("m, n", [(1, 3), (2, 2), (3, 4), (4, 3), (4, 4), (5, 6), (8, 8)])
+def test_u_null_distribution_and_ci_rank_match_enumeration(m, n):
+    cdf = enumerated_u_cdf(m, n)
+    np.testing.assert_allclose(stats._u_null_cdf(m, n), cdf, rtol=1e-12)
+    k, cov = stats._hl_rank(m, n, 0.95)
+    ks = [j for j in range(1, (m * n + 1) // 2 + 1) if 1 - 2 * cdf[j - 1] >= 0.95]   # P(U <= k-1) <= 2.5%
+    assert k == (max(ks) if ks else 1)
+    assert cov == pytest.approx(1 - 2 * cdf[k - 1], rel=1e-12)
+
+
+def test_hl_rank_matches_published_critical_values():
+    # two-tailed α = 0.05 Mann–Whitney critical U for n1 = n2 (reject iff U <= U_crit), standard tables
+    # (e.g. Siegel & Castellan 1988, Table J; Zar, Biostatistical Analysis, Table B.11): k = U_crit + 1
+    crit = {4: 0, 5: 2, 6: 5, 7: 8, 8: 13, 9: 17, 10: 23, 11: 30, 12: 37}
+    for n, u_crit in crit.items():
+        assert stats._hl_rank(n, n, 0.95)[0] == u_crit + 1, n
+    assert stats._hl_rank(3, 3, 0.95) == (1, pytest.approx(0.9))     # no rank reaches 95%: the widest
+
+
+def test_hodges_lehmann_estimate_and_ci_invert_the_mann_whitney_test():
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(1.0, 1.0, 5), rng.normal(0.0, 1.0, 6)
+    est, (lo, hi), cov = stats.hodges_lehmann(a, b)
+    assert est == pytest.approx(np.median([ai - bj for ai in a for bj in b]))
+    assert cov >= 0.95 and lo < est < hi
+    # the CI is the set of shifts Δ that the two-sided exact test of (a - Δ vs b) keeps at 1 - cov:
+    # just outside an end one one-sided p falls to (1 - cov)/2, just inside it is above 2.5%
+    tail, eps = (1 - cov) / 2, 1e-9
+    assert stats.mann_whitney_greater(b, a - (hi + eps))[1] == pytest.approx(tail)
+    assert stats.mann_whitney_greater(b, a - (hi - eps))[1] > 0.025
+    assert stats.mann_whitney_greater(a - (lo - eps), b)[1] == pytest.approx(tail)
+    assert stats.mann_whitney_greater(a - (lo + eps), b)[1] > 0.025
+
+
+def test_hodges_lehmann_monte_carlo_coverage():
+    rng = np.random.default_rng(6)
+    hits = 0
+    for _ in range(2000):                                            # 6 vs 6, true shift 0.7
+        _, (lo, hi), cov = stats.hodges_lehmann(rng.normal(0.7, 1.0, 6), rng.normal(0.0, 1.0, 6))
+        hits += lo <= 0.7 <= hi
+    assert hits / 2000 >= 0.94
+    assert hits / 2000 == pytest.approx(cov, abs=0.015)             # ≈ 3 Monte Carlo SE of the exact 0.9589
+    hits = 0
+    for _ in range(1000):                                            # skewed, 4 vs 5: distribution-free
+        _, (lo, hi), cov = stats.hodges_lehmann(rng.lognormal(0, 1, 4) + 2.0, rng.lognormal(0, 1, 5))
+        hits += lo <= 2.0 <= hi
+    assert hits / 1000 >= cov - 0.02
+
+
+def test_hodges_lehmann_tiny_nan_and_large():
+    est, ci, cov = stats.hodges_lehmann([3.0, 4.0], [1.0, 0.0])     # 2 vs 2: widest, coverage 1 - 2/6
+    assert est == 3.0 and ci == (2.0, 4.0) and cov == pytest.approx(2 / 3)
+    assert stats.hodges_lehmann([1.0, np.nan, 2.0], [0.0, np.inf]) == stats.hodges_lehmann([1.0, 2.0], [0.0])
+    est, ci, cov = stats.hodges_lehmann([np.nan], [1.0])
+    assert math.isnan(est) and all(math.isnan(v) for v in ci) and math.isnan(cov)
+    # 60 vs 60 uses the continuity-corrected normal approximation: within 1e-3 of the exact null CDF
+    # everywhere (2e-3 without the correction), and the same rank, coverage within 1e-3 of its exact one
+    approx, exact = stats._u_null_cdf(60, 60), stats._u_null_cdf(60, 60, exact=True)
+    assert np.max(np.abs(approx - exact)) < 1e-3
+    k, cov = stats._hl_rank(60, 60, 0.95)
+    assert k == int(np.flatnonzero(1 - 2 * exact[:1800] >= 0.95)[-1]) + 1
+    assert cov == pytest.approx(1 - 2 * exact[k - 1], abs=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------- power
+
+@pytest.mark.parametrize("m, n", [(5, 4), (8, 8), (12, 12)])        # exact, exact, normal (C(24,12) > limit)
+def test_power_p_lookup_matches_mann_whitney_greater(m, n):
+    rng = np.random.default_rng(7)
+    for _ in range(4):
+        a, b = rng.normal(0.8, 1.0, m), rng.normal(0.0, 1.0, n)
+        u, p = stats.mann_whitney_greater(a, b)
+        assert stats._mw_p_greater(np.array([u]), m, n)[0] == pytest.approx(p, rel=1e-9)
+
+
+def test_power_shift_reproduces_the_rule_run_by_hand():
+    out = stats.power_shift(5, 4, shift=0.8, sd=1.0, margin=0.3, n_sim=40, seed=8)
+    rng = np.random.default_rng(8)                                   # the documented draw order
+    a, b = rng.normal(0.8, 1.0, (40, 5)), rng.normal(0.0, 1.0, (40, 4))
+    held = [stats.mann_whitney_greater(x, y)[1] < 0.05 for x, y in zip(a, b)]
+    refuted = [not h and stats.hodges_lehmann(x, y)[1][1] < 0.3 for h, x, y in zip(held, a, b)]
+    assert out["p_held"] == np.mean(held) and out["p_refuted"] == np.mean(refuted)
+    assert out["p_inconclusive"] == pytest.approx(1 - np.mean(held) - np.mean(refuted))
+
+
+def test_power_shift_rises_with_shift_and_holds_its_size():
+    runs = [stats.power_shift(6, 6, shift=s, sd=1.0, margin=0.5) for s in (0.0, 0.5, 1.0, 2.0)]
+    held = [r["p_held"] for r in runs]
+    assert all(x < y for x, y in zip(held, held[1:])) and held[-1] > 0.9
+    se = math.sqrt(0.05 * 0.95 / 2000)
+    assert held[0] <= 0.05 + 3 * se                                  # exact test: size <= alpha
+    refuted = [r["p_refuted"] for r in runs]
+    assert all(x > y for x, y in zip(refuted, refuted[1:]))          # refuting gets rarer as the shift grows
+    for r in runs:
+        assert r["p_held"] + r["p_refuted"] + r["p_inconclusive"] == pytest.approx(1.0)
+    assert stats.power_shift(6, 6, shift=0.0, sd=0.2, margin=0.5)["p_refuted"] > 0.9   # quiet arms: refutable
+    small_real = stats.power_shift(6, 6, shift=0.3, sd=0.05, margin=0.5)   # significant and below the margin
+    assert small_real["p_held"] == 1.0 and small_real["p_refuted"] == 0.0  # counts as held, once
+    at_margin = stats.power_shift(6, 6, shift=0.5, sd=1.0, margin=0.5)
+    assert at_margin["p_refuted"] <= 0.021 + 3 * math.sqrt(0.021 / 2000)   # P(hi < Δ) = (1 - 0.9589)/2
+    assert stats.power_shift(6, 6, shift=1.0, sd=1.0, margin=0.5) == runs[2]   # seeded
+
+
+# ---------------------------------------------------------------------------------------------- OLS
+
+def test_ols_against_lstsq_and_closed_form_covariance():
+    rng = np.random.default_rng(9)
+    X = np.column_stack([rng.uniform(-9, -5, 10), rng.uniform(-10, -6, 10)])   # log lr0, log λ
+    y = 0.5 * X[:, 0] + 0.5 * X[:, 1] + 1.0 + 0.1 * rng.standard_normal(10)
+    fit = stats.ols(y, X)
+    Z = np.column_stack([np.ones(10), X])
+    beta = np.linalg.lstsq(Z, y, rcond=None)[0]
+    s2 = np.sum((y - Z @ beta) ** 2) / 7
+    se = np.sqrt(np.diag(s2 * np.linalg.inv(Z.T @ Z)))
+    assert fit.n == 10 and fit.dof == 7
+    np.testing.assert_allclose(fit.coef, beta[1:], rtol=1e-10)
+    assert fit.intercept == pytest.approx(beta[0], rel=1e-10)
+    np.testing.assert_allclose(fit.stderr, se[1:], rtol=1e-8)
+    t = 2.3646242510102993                                           # t_{7, 0.975}
+    np.testing.assert_allclose(fit.ci, [(b - t * s, b + t * s) for b, s in zip(beta[1:], se[1:])], rtol=1e-8)
+
+
+def test_ols_one_predictor_is_loglog_slope():
+    rng = np.random.default_rng(10)
+    x = np.logspace(-5, -2, 7)
+    y = 2.0 * x ** 0.5 * np.exp(0.2 * rng.standard_normal(7))
+    fit, ref = stats.ols(np.log(y), np.log(x)), stats.loglog_slope(x, y)
+    lr = __import__("scipy").stats.linregress(np.log(x), np.log(y))
+    assert fit.coef[0] == pytest.approx(lr.slope) and fit.stderr[0] == pytest.approx(lr.stderr)
+    assert fit.intercept == pytest.approx(ref.intercept) and fit.ci[0] == pytest.approx(ref.ci, rel=1e-10)
+
+
+def test_ols_degenerate_and_nan_rows():
+    x1 = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    exact = stats.ols(1 + 2 * x1 - 3 * x1 ** 2, np.column_stack([x1, x1 ** 2]))   # noise-free: CI collapses
+    np.testing.assert_allclose(exact.coef, [2.0, -3.0], atol=1e-9)
+    assert exact.ci[0] == pytest.approx((2.0, 2.0), abs=1e-9)
+    for X in (np.column_stack([x1, 2 * x1]), np.column_stack([x1, np.ones(5)])):   # rank-deficient
+        fit = stats.ols(x1 ** 2, X)
+        assert all(math.isnan(v) for v in fit.coef + fit.stderr) and math.isnan(fit.ci[1][0])
+    fit = stats.ols([1.0, 2.0, 4.0], np.column_stack([[1.0, 2.0, 3.0], [0.0, 1.0, 0.0]]))  # dof 0
+    assert fit.dof == 0 and math.isnan(fit.coef[0])
+    with_nan = stats.ols([1.0, 2.0, np.nan, 3.5, 5.0, 1.0], [1.0, 2.0, 3.0, 4.0, 5.0, np.inf])
+    assert with_nan == stats.ols([1.0, 2.0, 3.5, 5.0], [1.0, 2.0, 4.0, 5.0]) and with_nan.n == 4
+
+
+def test_binomial_sd():
+    assert stats.binomial_sd(0.5, 200) == pytest.approx(0.0354, abs=1e-4)   # SCIENCE.md: ±3.5 points
+    assert stats.binomial_sd(0.9, 1000) == pytest.approx(
+        __import__("scipy").stats.binom.std(1000, 0.9) / 1000)
+    assert stats.binomial_sd(1.0, 10) == 0.0
+    assert math.isnan(stats.binomial_sd(0.5, 0)) and math.isnan(stats.binomial_sd(1.5, 10))
+    assert math.isnan(stats.binomial_sd(float("nan"), 10))

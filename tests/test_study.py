@@ -1,15 +1,18 @@
 """The study layer: design expansion, and the pytest plugin end to end on a micro study (pytester)."""
 
 import json
+import math
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+import torch
 
 from elr.cli import main
 from elr.config import ConfigError
+from elr.models import build_model
 from elr.study import Design, baseline_draws, expand
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,12 +27,12 @@ epochs = 21
 """
 
 
-def test_design_expands_to_the_seeds_16_configurations():
+def test_design_expands_to_the_seeds_16_configurations_the_sgd_arm_and_controls():
     design = Design.load(DESIGN)
     runs = expand(design, "smoke")
     groups = [cfg.labels["group"] for _, cfg in runs]
-    assert len(runs) == 16 and groups.count("elr") == 8 and groups.count("baseline") == 8
-    assert len({name for name, _ in runs}) == 16
+    assert len(runs) == 26 and [groups.count(g) for g in ("elr", "baseline", "sgd", "control")] == [8, 8, 8, 2]
+    assert len({name for name, _ in runs}) == 26
     elr = [cfg for _, cfg in runs if cfg.labels["group"] == "elr"]
     assert all((c.optimizer, c.schedule, c.elr_power, c.momentum) == ("sgd", "elr", 1, 0.0) for c in elr)
     grid = {(c.lr, c.weight_decay) for c in elr}
@@ -38,13 +41,30 @@ def test_design_expands_to_the_seeds_16_configurations():
     for _, c in runs:
         lo, hi = design.baseline["lr"][c.optimizer] if c.labels["group"] == "baseline" else (0, 1e9)
         assert lo <= c.lr <= hi
-    # a scale changes model, data and epochs (and the epoch-proportional schedule lengths), nothing else
-    ignore = {"model", "width", "data", "subset", "epochs", "labels", "step_size", "milestones", "gamma",
-              "warmup_epochs", "plateau_patience"}
+    # the sgd arm: one twin per grid cell, constant lr = the twin's first rate lr0 / ||w0|| over all weights,
+    # recomputed here from a freshly seeded model in float64
+    torch.manual_seed(0)
+    model = build_model(elr[0].model, width=elr[0].width)
+    w0 = math.sqrt(sum(float((p.detach().double() ** 2).sum()) for p in model.parameters() if p.requires_grad))
+    twins = {c.labels["twin"]: c for _, c in runs if c.labels["group"] == "sgd"}
+    assert set(twins) == {c.labels["config_id"] for c in elr}
+    for c in elr:
+        t = twins[c.labels["config_id"]]
+        assert (t.optimizer, t.schedule, t.momentum, t.weight_decay) == ("sgd", "constant", 0.0, c.weight_decay)
+        assert t.lr == pytest.approx(c.lr / w0, rel=1e-6)
+    controls = {c.labels["control"]: c for _, c in runs if c.labels["group"] == "control"}
+    assert controls["periodic"].weight_decay > 0 and controls["smooth"].weight_decay == 0
+    full = {c.labels["control"]: c for _, c in expand(design, "full") if c.labels["group"] == "control"}
+    assert (full["periodic"].lr, full["periodic"].weight_decay) == (0.01, 1e-3)  # the scale's override
+    # a scale changes model, data and epochs (and the epoch-proportional schedule lengths), nothing else;
+    # the sgd twins' lr follows the model's initial norm
+    ignore = {"model", "width", "data", "subset", "test_subset", "epochs", "labels", "step_size", "milestones",
+              "gamma", "warmup_epochs", "plateau_patience"}
     for (_, a), (_, b) in zip(runs, expand(design, "cpu")):
-        assert {k: v for k, v in a.identity().items() if k not in ignore} == \
-               {k: v for k, v in b.identity().items() if k not in ignore}
-    assert len(expand(design, "smoke", seeds=3)) == 48
+        drop = ignore | ({"lr"} if a.labels["group"] == "sgd" else set())
+        assert {k: v for k, v in a.identity().items() if k not in drop} == \
+               {k: v for k, v in b.identity().items() if k not in drop}
+    assert len(expand(design, "smoke", seeds=3)) == 78
 
 
 def test_bad_design_and_scale(tmp_path):
@@ -89,7 +109,7 @@ def test_plugin_end_to_end_under_xdist_writes_one_report(micro):
     assert sorted(verdicts) == ["H1", "H2", "H3", "H4", "H5"]
     expected = {"held": "PASSED", "refuted": "FAILED", "inconclusive": "SKIPPED"}
     assert outcomes(micro.path / "first.xml") == {k: expected[v["verdict"]] for k, v in verdicts.items()}
-    assert len(list((micro.path / "runs" / "micro").glob("*/summary.json"))) == 16
+    assert len(list((micro.path / "runs" / "micro").glob("*/summary.json"))) == 26
     assert "elr study report" in first.stdout.str() and str(reports[0] / "report.md") in first.stdout.str()
 
     # the same study without xdist: the runs are reused and the verdicts and outcomes agree

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from elr import runs
 from elr.config import ConfigError, RunConfig
-from elr.data import load_data
+from elr.data import batch_indices, load_data
 from elr.models import build_model, scale_invariant_params
 from elr.train import train
 
@@ -71,6 +71,62 @@ def test_every_metric_recomputed_from_saved_weights(tmp_path):
     assert rec["angular_update"] == pytest.approx(angle, rel=1e-3)
     assert rec["angular_update_per_step"] == pytest.approx(angle, rel=1e-3)
     assert rec["wall_time"] > 0
+
+
+def test_per_step_theory_metrics_and_epoch_zero_replayed_in_float64(tmp_path):
+    """Two epochs of three minibatches under the seed's rule recomputed after every step (so the rate changes
+    within an epoch), replayed step by step in float64 from the same initial weights and batch order: the
+    epoch-0 record, and each epoch's RMS angle, RMS effective gradient norm (gradient and norm at the same
+    step), step-averaged ELR and mean gradient norm. Several steps per epoch: a sum not divided by the step
+    count, a mean where an RMS is due, or an end-of-epoch norm where the step's is due all differ."""
+    lr0, wd, bs = 0.4, 5e-3, 20
+    cfg = RunConfig(**{**SMALL, "subset": 60}, epochs=2, batch_size=bs, lr=lr0, weight_decay=wd, seed=5,
+                    schedule="elr", elr_power=1, elr_norm="all", elr_every="step")
+    train(cfg, tmp_path / "run", progress=False)
+    init, recs = runs.read_initial(tmp_path / "run"), runs.read_metrics(tmp_path / "run")
+    data = load_data("synthetic", subset=60, seed=0)
+    x, y = data.x_train.double(), data.y_train
+
+    torch.manual_seed(5)
+    model = build_model("convnet_si", width=4).double()
+    si = list(scale_invariant_params(model).values())
+    params = [p for p in model.parameters() if p.requires_grad]
+    norm = lambda ps: math.sqrt(sum(float((p.detach() ** 2).sum()) for p in ps))  # noqa: E731
+    with torch.no_grad():
+        out0 = model.eval()(data.x_test.double())
+    rho0 = norm(si)
+    assert init["epoch"] == 0 and init["step"] == 0 and init["train_loss"] is None
+    assert init["test_loss"] == pytest.approx(F.cross_entropy(out0, data.y_test).item(), rel=1e-4)
+    assert init["si_norm"] == pytest.approx(rho0, rel=1e-6)
+    assert init["lr"] == pytest.approx(lr0 / norm(params), rel=1e-6)
+    assert init["elr"] == pytest.approx(lr0 / norm(params) / rho0**2, rel=1e-6)
+
+    gen = torch.Generator().manual_seed(5)
+    for rec in recs:
+        angles, geff, elrs, grads = [], [], [], []
+        for idx in batch_indices(len(y), bs, gen, "cpu"):
+            lr = lr0 / norm(params)                       # the rule, recomputed from the current weights
+            loss = F.cross_entropy(model.train()(x[idx]), y[idx])
+            gs = torch.autograd.grad(loss, params)
+            g_si = math.sqrt(sum(float((g**2).sum()) for p, g in zip(params, gs) if any(p is q for q in si)))
+            before = torch.cat([p.detach().ravel() for p in si]).numpy().copy()
+            rho = norm(si)
+            with torch.no_grad():
+                for p, g in zip(params, gs):
+                    p -= lr * (g + wd * p)
+            after = torch.cat([p.detach().ravel() for p in si]).numpy()
+            cos = float(before @ after) / (np.linalg.norm(before) * np.linalg.norm(after))
+            angles.append(math.acos(min(1.0, cos)))
+            geff.append(g_si * rho)
+            elrs.append(lr / rho**2)
+            grads.append(g_si)
+        assert rec["angular_update_rms"] == pytest.approx(math.sqrt(np.mean(np.square(angles))), rel=2e-3)
+        assert rec["angular_update_per_step"] == pytest.approx(np.mean(angles), rel=2e-3)
+        assert rec["effective_grad_norm_rms"] == pytest.approx(math.sqrt(np.mean(np.square(geff))), rel=1e-3)
+        assert rec["elr_mean"] == pytest.approx(np.mean(elrs), rel=1e-4)
+        assert rec["grad_norm"] == pytest.approx(np.mean(grads), rel=1e-3)
+        assert rec["lr_si"] == rec["lr"]                  # one global rate: the SI rate is that rate
+    assert len({round(e, 12) for e in elrs}) == len(elrs) > 1  # the rate did change within the epoch
 
 
 def test_van_laarhoven_rule_keeps_logged_elr_constant(tmp_path):
@@ -136,8 +192,9 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
     done = subprocess.run(_cli(killed, 5), env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     lines = (killed / runs.METRICS).read_text().splitlines()
-    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4, 5]  # no duplicate, no torn line
+    assert [json.loads(line)["epoch"] for line in lines] == [0, 1, 2, 3, 4, 5]  # no duplicate, no torn line
     assert_same_metrics(runs.read_metrics(full), runs.read_metrics(killed))
+    assert_same_metrics([runs.read_initial(full)], [runs.read_initial(killed)])
 
 
 def assert_same_metrics(a, b):
