@@ -1,4 +1,5 @@
-"""Command line: `python -m elr train ...` (one run) and `python -m elr report RUNS_DIR` (rebuild a report).
+"""Command line: `python -m elr train ...` (one run), `python -m elr inspect RUN_DIR` (analyse one run) and
+`python -m elr report RUNS_DIR` (rebuild a report).
 
 Bad input exits 2 with one line `elr: error: ...` naming the problem and the accepted values.
 """
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--width", type=int, help="base channel width (default: the model's own, 32 for convnet_si, 64 for resnets)")
     g.add_argument("--data", help="synthetic (default) | cifar10 (torchvision download, cache $ELR_DATA_DIR or ~/.cache/elr) | npz:PATH")
     g.add_argument("--subset", type=int, help="class-balanced seeded subset of N training images (test subset proportional)")
+    g.add_argument("--test-subset", type=int, help="class-balanced seeded subset of N test images (default: proportional to --subset)")
     g.add_argument("--data-seed", type=int, help="seed of the subset draw (default 0: every run sees the same images)")
     g = t.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, help="epochs to train (default 10)")
@@ -68,6 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", help="cpu (default) | cuda | cuda:N")
     g.add_argument("--checkpoint-every", type=int, help="epochs between checkpoints (default 1; always at the end and on Ctrl-C)")
     g.add_argument("--progress", type=_flag, help="live progress line: true|false (default: on a terminal only)")
+
+    i = sub.add_parser("inspect", help="analyse one run directory: theory vs measurement, episodes, drops",
+                       description="Analyse one run (finished or not): the theory's fixed point beside the measured "
+                                   "norm, ELR and RMS angle, stationarity, the relaxation time, destabilisation "
+                                   "episodes and drop-and-recovery events.")
+    i.add_argument("run_dir", type=Path, help="a run directory (with config.json and metrics.jsonl)")
+    i.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    i.add_argument("--no-sensitivity", action="store_true", help="skip the injection tests (faster)")
 
     r = sub.add_parser("report", help="rebuild a report from existing run directories, without training")
     r.add_argument("runs_dir", type=Path, help="directory holding run directories (each with config.json)")
@@ -100,6 +110,25 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_inspect(args) -> int:
+    import json
+
+    from . import runs
+    from .inspect import analyse, summary_text
+
+    if not runs.is_run_dir(args.run_dir):
+        raise ConfigError(f"{args.run_dir} is not a run directory: it has no {runs.CONFIG}")
+    try:
+        run = runs.Run(args.run_dir)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{args.run_dir}/{runs.CONFIG} cannot be read: {e}") from None
+    if not run.metrics:
+        raise ConfigError(f"{args.run_dir} has no trained epoch in {runs.METRICS} yet")
+    a = analyse(run, sensitivity=not args.no_sensitivity)
+    print(runs.dumps(a) if args.json else summary_text(a))
+    return 0
+
+
 def cmd_report(args) -> int:
     from .study import rebuild_report
 
@@ -115,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        return {"train": cmd_train, "report": cmd_report}[args.command](args)
+        return {"train": cmd_train, "inspect": cmd_inspect, "report": cmd_report}[args.command](args)
     except (ConfigError, DataError) as e:
         print(f"elr: error: {e}", file=sys.stderr)
         return 2

@@ -1,4 +1,5 @@
-"""Detectors on per-epoch series: periodic (sawtooth) spikes, drop-and-recovery events, coincidence.
+"""Detectors on per-epoch series: periodic (sawtooth) spikes, drop-and-recovery events, coincidence,
+destabilisation episodes (periodic or not), and the detectors' sensitivity to effects injected into a run.
 
 Pure functions of 1-D numpy arrays indexed by epoch position (index 0 = the first recorded epoch).
 Non-finite values: a series is analysed up to its first non-finite value (a diverged run's record
@@ -315,3 +316,382 @@ def coincidence(events_by_run: dict, spikes_by_run: dict, lengths: dict, *,
             null += np.searchsorted(np.sort(s), hi, side="right") > np.searchsorted(np.sort(s), lo, side="left")
     p = (1 + int(np.sum(null >= observed))) / (n_perm + 1)
     return Coincidence(len(items), int(observed), observed / len(items), float(p))
+
+
+# ---------------------------------------------------------------------------------------------- destabilisation episodes
+#
+# Lobacheva et al. (NeurIPS 2021, arXiv 2106.15739) §3: once the train loss is near 0, weight decay
+# shrinks the scale-invariant norm rho, the ELR eta/rho^2 grows until a step is too large; the train
+# loss spikes, rho jumps up, the ELR drops, and a new cycle begins. The period drifts over a run (a
+# CPU ConvNetSI: ~13 epochs early, ~23 a thousand epochs later), so regularity is judged *locally*
+# (successive intervals), not by one coefficient of variation. Loss, norm and ELR are tested jointly,
+# as one test per run: under the seed's rule the ELR is a function of the norm.
+
+# Converged: the first epoch whose train loss is <= 0.1 x the median loss of the first 3 epochs. The
+# first epochs sit near ln(#classes) (2.3 for CIFAR-10; epoch 1 can be higher still after a large first
+# step, hence a median of 3); a tenth of that (~0.23) is a run that fits most of its training set, the
+# regime where the gradient fades and weight decay takes over the norm (Lobacheva et al. 2021 §3).
+CONVERGED_FRACTION = 0.1
+CONVERGED_BASE = 3
+# A loss jump must rise by >= ln 2 (a doubling: a loss spike is multiplicative) and by >= EPISODE_K
+# robust noise sds of the log loss (stats.robust_noise), from epoch e-1 to e or e+1. The max of two
+# differences of sd sqrt(2)·sigma exceeding 5 sigma is a 3.5-sd event, p <= 4e-4 per epoch; the norm
+# jump (also EPISODE_K of its own noise) is then an independent second gate.
+EPISODE_K = 5.0
+MIN_LOSS_JUMP = math.log(2.0)
+# Loss jump: within e..e+1 (2 epochs) of e-1; norm jump and ELR drop: within e..e+2 (3 epochs). Real
+# episodes spread over 1-2 logged epochs (the loss rises in one epoch, the norm keeps rising one more).
+LOSS_SPAN = 2
+NORM_SPAN = 3
+# Between episodes log rho falls steadily (weight decay, ~2·eta·lambda per step); a jump is measured
+# against that drift: the rolling median of the log-norm increments over 15 epochs, long against an
+# episode's 1-3 jump epochs (the median stays on the decay) and short against the run (the decay rate,
+# proportional to the lr, is followed as it changes).
+DRIFT_WINDOW = 15
+# Floor of the log-norm increment noise: between episodes the norm is so smooth (increments vary by
+# ~1e-4) that float32 logging and epoch averaging would count as jumps; with the floor a norm jump is
+# >= EPISODE_K x 1e-3 = 0.5% above the drift, well below a destabilisation's (several % and more).
+NORM_NOISE_FLOOR = 1e-3
+# A cross-entropy train loss of exactly 0 (float32 round-off: resolution ~1e-7 of order-1 logits) is
+# floored here before taking logs; a norm or ELR <= 0 is invalid and ends the analysed prefix.
+LOSS_FLOOR = 1e-7
+# Candidate epochs at most 3 apart (chained) are one episode, placed at its largest one-epoch loss rise
+# (see `_merge`): an episode's loss rise and norm rise span up to NORM_SPAN epochs, so its neighbours
+# also pass the tests.
+MERGE_GAP = 3
+# At least 4 episodes (3 intervals, 2 successive ratios): fewer cannot show regularity.
+MIN_EPISODES = 4
+# Local irregularity: median over successive intervals of |ln(d_{i+1}/d_i)|. Intervals of a Poisson
+# process are i.i.d. exponential, so ln(d_{i+1}/d_i) is standard logistic (the log of an F(2, 2)
+# variate) and |.| has median ln 3 = 1.10 (P(|L| <= x) = tanh(x/2)); a period drifting by 2x over ~10
+# cycles with +-1-2 epoch jitter gives 0.1-0.3. 0.5 (successive intervals typically within x1.65)
+# separates the two: one Poisson ratio falls below it with P = tanh(0.25) = 0.245, the median of
+# several rarely does, and the surrogate test is the gate for the few that do.
+MAX_IRREGULARITY = 0.5
+# A modest real episode, as seen in the CPU runs (runs/05-elr-lr3-wd0.005 and the constant-lr
+# convnet probes: loss x10-x50, norm +3-10% per episode): the train loss x10 at the episode epoch,
+# the factor decaying as 10^exp(-(t-e)/1) (x2.3 one epoch later, x1.4 two later), and the norm raised
+# by 3% from e on (a level shift of log rho), so the ELR (∝ 1/rho^2) lowered by 2 x ln 1.03 from e on.
+EPISODE_TEMPLATE = {"loss_factor": 10.0, "loss_decay": 1.0, "norm_step": 0.03}
+# Episode sensitivity: 20 injected trains per run (Monte Carlo resolution 1/20 = 0.05; binomial sd
+# <= 0.11), each tested with 99 surrogates (smallest p = 0.01 < ALPHA).
+SENSITIVITY_TRIALS = 20
+SENSITIVITY_SURROGATES = 99
+# Injected periods: the first interval log-uniform in [8, longest that leaves MIN_EPISODES in the
+# window]; 8 epochs leave >= 2x the template's ~3-epoch loss spike between episodes, beyond MERGE_GAP.
+# The period then drifts geometrically over the window by a factor log-uniform in [1/2, 2].
+SENSITIVITY_PERIOD_MIN = 8
+SENSITIVITY_DRIFT = 2.0
+
+
+@dataclass(frozen=True)
+class Episodes:
+    periodic: bool
+    episodes: np.ndarray          # indices (positions in the input arrays) of episode starts
+    converged: int | None         # index where the train loss first converged (None: never)
+    period: float | None          # median interval between episodes, epochs
+    irregularity: float | None    # median |ln(d_{i+1}/d_i)| over successive intervals d
+    surrogate_p: float | None     # None when not computed (criteria already failed)
+    analysable: bool              # False if the run cannot show episodes (never converged / too short)
+    reason: str
+
+
+def _joint_prefix(train_loss, si_norm, elr) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The three series cut to their common length, then to the first index where any is non-finite or
+    the norm or ELR is <= 0; the loss floored at LOSS_FLOOR. Returned as logs (l, r, q)."""
+    ys = [np.asarray(y, dtype=np.float64).ravel() for y in (train_loss, si_norm, elr)]
+    n = min(y.size for y in ys)
+    loss, rho, q = (y[:n] for y in ys)
+    bad = ~(np.isfinite(loss) & np.isfinite(rho) & np.isfinite(q) & (rho > 0) & (q > 0))
+    idx = np.flatnonzero(bad)
+    n = int(idx[0]) if idx.size else n
+    return np.log(np.maximum(loss[:n], LOSS_FLOOR)), np.log(rho[:n]), np.log(q[:n])
+
+
+def _converged(loss_log: np.ndarray, fraction: float = CONVERGED_FRACTION) -> int | None:
+    if loss_log.size < CONVERGED_BASE:
+        return None
+    base = float(np.median(loss_log[:CONVERGED_BASE]))       # median of logs = log of the median (odd n)
+    hit = np.flatnonzero(loss_log <= base + math.log(fraction))
+    return int(hit[0]) if hit.size else None
+
+
+def _rolling_median(x: np.ndarray, w: int) -> np.ndarray:
+    """Centred rolling median along the last axis (edges: nearest), row by row (see `detrend`)."""
+    if x.ndim == 1:
+        return median_filter(x, size=w, mode="nearest")
+    return np.stack([median_filter(row, size=w, mode="nearest") for row in x])
+
+
+def _norm_excess(r: np.ndarray) -> np.ndarray:
+    """Log-norm increments minus their rolling median over DRIFT_WINDOW, per row; column e-1 is epoch e."""
+    dr = np.diff(r, axis=-1)
+    return dr - _rolling_median(dr, min(DRIFT_WINDOW, dr.shape[-1] | 1))
+
+
+def _noise_scales(l: np.ndarray, r: np.ndarray, k: float = EPISODE_K) -> tuple[float, float]:
+    """(sigma_l, sigma_r) of one analysed window.
+
+    sigma_r: a one-sided MAD scale of the log-norm increments' excess over their drift, 1.4826 x the
+    median of |excess| over the increments at or below the drift, floored at NORM_NOISE_FLOOR. derived:
+    for noise symmetric about the drift this is Hampel's (1974) 1.4826 x MAD (the lower half's absolute
+    deviations have the same median as all of them), and norm jumps, being upward, do not enter it (with
+    an episode every few epochs they are a large share of the increments and would inflate a MAD).
+    sigma_l: stats.robust_noise of the log loss over the quiet increments only, those more than
+    NORM_SPAN + 1 epochs from a norm jump (excess >= k x sigma_r): in a run with an episode every few
+    epochs the spikes and their decays are a large share of the loss increments and would inflate the
+    MAD (all increments are used if fewer than MIN_LENGTH are quiet).
+    """
+    ex = _norm_excess(r)
+    low = ex[ex <= 0]
+    sigma_r = max(1.4826 * float(np.median(-low)) if low.size else 0.0, NORM_NOISE_FLOOR)
+    dl = np.diff(l)
+    jumps = np.flatnonzero(ex >= k * sigma_r)
+    near = np.zeros(dl.size, dtype=bool)
+    for j in range(-NORM_SPAN - 1, NORM_SPAN + 2):              # within NORM_SPAN + 1 of a jump
+        near[np.clip(jumps + j, 0, dl.size - 1)] = True
+    d = dl[~near] if np.count_nonzero(~near) >= MIN_LENGTH else dl
+    if d.size < 2:
+        return 0.0, sigma_r
+    # as stats.robust_noise, on the chosen increments: 1.4826 · MAD(diff) / sqrt(2)
+    return float(1.4826 * np.median(np.abs(d - np.median(d))) / math.sqrt(2.0)), sigma_r
+
+
+def _candidates(l: np.ndarray, r: np.ndarray, q: np.ndarray, sigma_l: float, sigma_r: float,
+                k: float = EPISODE_K) -> np.ndarray:
+    """Boolean (rows, n) mask of epochs e (>= 1) that pass the three episode tests; rows are series
+    sharing the noise scales sigma_l (log loss) and sigma_r (log-norm increments about their drift)."""
+    rows, n = l.shape
+    # loss: max(l[e], l[e+1]) - l[e-1] >= max(ln 2, k·sigma_l)   (the window truncated at the end)
+    ahead = np.full((rows, n, LOSS_SPAN), -np.inf)
+    for j in range(LOSS_SPAN):
+        ahead[:, : n - j, j] = l[:, j:]
+    rise = np.full((rows, n), -np.inf)
+    rise[:, 1:] = ahead.max(axis=2)[:, 1:] - l[:, :-1]
+    loss_ok = rise >= max(MIN_LOSS_JUMP, k * sigma_l)
+    # norm: the increments' excess over their drift, summed from e, max over e..e+NORM_SPAN-1
+    excess = _norm_excess(r)
+    jump = np.full((rows, n), -np.inf)
+    acc = np.zeros((rows, n - 1))
+    for j in range(NORM_SPAN):
+        acc[:, : n - 1 - j] += excess[:, j:]
+        part = np.full((rows, n - 1), -np.inf)
+        part[:, : n - 1 - j] = acc[:, : n - 1 - j]
+        jump[:, 1:] = np.maximum(jump[:, 1:], part)
+    norm_ok = jump >= k * sigma_r
+    # ELR: min(q[e..e+NORM_SPAN-1]) < q[e-1]
+    low = np.full((rows, n), np.inf)
+    for j in range(NORM_SPAN):
+        low[:, 1: n - j] = np.minimum(low[:, 1: n - j], q[:, 1 + j:])
+    elr_ok = np.zeros((rows, n), dtype=bool)
+    elr_ok[:, 1:] = low[:, 1:] < q[:, :-1]
+    return loss_ok & norm_ok & elr_ok
+
+
+def _merge(mask: np.ndarray, l: np.ndarray) -> list[np.ndarray]:
+    """Per row, one epoch per episode. Candidates more than MERGE_GAP apart start a new episode (a chain
+    of closer ones is one); its epoch is the one with the largest one-epoch rise of the log loss among
+    the candidates e and their e+1 (the loss rise is tested over e..e+1, so the epoch before a spike
+    often passes too; the largest rise is the spike's onset, where the norm also jumps)."""
+    rows, n = mask.shape
+    dl = np.full((rows, n + 1), -np.inf)
+    dl[:, 1:n] = np.diff(l, axis=1)                             # dl[:, e] = l[e] - l[e-1]
+    ri, ci = np.nonzero(mask)                                    # row-major: sorted by row, then epoch
+    out = [np.array([], dtype=np.int64) for _ in range(rows)]
+    if ri.size == 0:
+        return out
+    best = np.where(dl[ri, ci + 1] > dl[ri, ci], ci + 1, ci)  # e or e+1, whichever the loss jumps at
+    new = np.ones(ri.size, dtype=bool)
+    new[1:] = (ri[1:] != ri[:-1]) | (np.diff(ci) > MERGE_GAP)
+    group = np.cumsum(new)
+    order = np.lexsort((-dl[ri, best], group))                  # by group, the largest rise first
+    first = order[np.concatenate([[True], np.diff(group[order]) > 0])]
+    for row in range(rows):
+        out[row] = np.sort(best[first][ri[first] == row]).astype(np.int64)
+    return out
+
+
+def _irregularity(ep: np.ndarray) -> float:
+    """Median |ln(d_{i+1}/d_i)| over the successive episode intervals d; +inf with < 2 intervals."""
+    if ep.size < 3:
+        return math.inf
+    d = np.diff(ep).astype(np.float64)
+    return float(np.median(np.abs(np.diff(np.log(d)))))
+
+
+def _search(l, r, q, sigma_l: float, sigma_r: float, k: float = EPISODE_K) -> list[np.ndarray]:
+    l = np.atleast_2d(l)
+    return _merge(_candidates(l, np.atleast_2d(r), np.atleast_2d(q), sigma_l, sigma_r, k), l)
+
+
+def _episode_p(l, r, q, irregularity, *, n_surrogates, seed, min_episodes=MIN_EPISODES) -> float:
+    """(1 + #{surrogates with >= min_episodes episodes and irregularity <= observed}) / (n + 1).
+
+    A surrogate shuffles the epochs' joint increment vectors (dl, dr, dq) in the analysed window (one
+    permutation for all three, so coincident jumps stay coincident) and sums them again from the
+    window's first values: the same jumps, sizes and noise at random epochs. Each surrogate is searched
+    with the observed window's noise scales, i.e. with the same thresholds as the run itself.
+    """
+    rng = np.random.default_rng(seed)
+    steps = np.stack([np.diff(l), np.diff(r), np.diff(q)])     # (3, n-1)
+    sigma_l, sigma_r = _noise_scales(l, r)
+    start = np.array([l[0], r[0], q[0]])[:, None, None]
+    batch = max(1, 1_000_000 // max(1, l.size))
+    hits = 0
+    for lo in range(0, n_surrogates, batch):
+        m = min(batch, n_surrogates - lo)
+        perm = np.argsort(rng.random((m, steps.shape[1])), axis=1)
+        walks = np.concatenate([np.zeros((3, m, 1)), np.cumsum(steps[:, perm], axis=2)], axis=2) + start
+        for ep in _search(walks[0], walks[1], walks[2], sigma_l, sigma_r):
+            hits += ep.size >= min_episodes and _irregularity(ep) <= irregularity
+    return (1 + hits) / (n_surrogates + 1)
+
+
+def episodes(train_loss, si_norm, elr, *, n_surrogates: int = N_SURROGATES, seed: int = 0,
+             alpha: float = ALPHA) -> Episodes:
+    """Destabilisation episodes after convergence, and whether they recur periodically.
+
+    Analysed: the joint finite prefix (see `_joint_prefix`) from the converged index (first train loss
+    <= CONVERGED_FRACTION x median of the first CONVERGED_BASE epochs) on. An episode at e: the log
+    loss rises by >= max(ln 2, EPISODE_K x its robust noise) from e-1 to e or e+1; log rho rises above
+    its rolling-median drift by >= EPISODE_K x the robust sd of its increments about that drift (floored
+    at NORM_NOISE_FLOOR) within e..e+2; log ELR falls below its e-1 value within e..e+2. Candidates
+    <= MERGE_GAP apart are one episode, at its largest one-epoch loss rise. Periodic iff
+    >= MIN_EPISODES episodes, local irregularity <= MAX_IRREGULARITY and surrogate p < alpha (see
+    `_episode_p`; run only when the rest pass). Not analysable (never periodic): no convergence, or
+    fewer than MIN_LENGTH epochs after it.
+    """
+    none = np.array([], dtype=np.int64)
+    l, r, q = _joint_prefix(train_loss, si_norm, elr)
+    if l.size < CONVERGED_BASE:
+        return Episodes(False, none, None, None, None, None, False,
+                        f"too short: {l.size} finite epochs < {CONVERGED_BASE}")
+    c = _converged(l)
+    if c is None:
+        return Episodes(False, none, None, None, None, None, False,
+                        f"never converged: train loss never <= {CONVERGED_FRACTION:g} x its first-epochs median "
+                        f"{math.exp(float(np.median(l[:CONVERGED_BASE]))):.3g}")
+    lw, rw, qw = l[c:], r[c:], q[c:]
+    if lw.size < MIN_LENGTH:
+        return Episodes(False, none, c, None, None, None, False,
+                        f"too short: {lw.size} epochs after convergence (index {c}) < {MIN_LENGTH}")
+    ep = _search(lw, rw, qw, *_noise_scales(lw, rw))[0]
+    out = ep + c
+    period = float(np.median(np.diff(ep))) if ep.size >= 2 else None
+    irr = _irregularity(ep)
+    irr_out = irr if math.isfinite(irr) else None
+    head = f"{ep.size} episodes after convergence at index {c}"
+    if ep.size < MIN_EPISODES:
+        return Episodes(False, out, c, period, irr_out, None, True, f"{head}; needs >= {MIN_EPISODES}")
+    if irr > MAX_IRREGULARITY:
+        return Episodes(False, out, c, period, irr, None, True,
+                        f"{head} but irregular: local irregularity {irr:.2f} > {MAX_IRREGULARITY:g}")
+    p = _episode_p(lw, rw, qw, irr, n_surrogates=n_surrogates, seed=seed)
+    periodic = p < alpha
+    verdict = "periodic" if periodic else "not periodic: shuffled surrogates are as regular"
+    return Episodes(periodic, out, c, period, irr, p, True,
+                    f"{verdict}: {head}, median period {period:g} epochs, local irregularity {irr:.2f} <= "
+                    f"{MAX_IRREGULARITY:g}, surrogate p {p:.3g} ({n_surrogates} surrogates; alpha {alpha:g})")
+
+
+def inject_episodes(train_loss, si_norm, elr, times, *, template: dict = EPISODE_TEMPLATE
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Copies of the three series with an episode added at each index in `times`: the loss multiplied
+    by loss_factor^exp(-(t-e)/loss_decay) for t >= e, the norm multiplied by (1 + norm_step) and the
+    ELR divided by (1 + norm_step)^2 for all t >= e (persistent steps; ELR ∝ 1/rho^2 at fixed lr).
+    Times outside [0, len) are ignored; non-finite values stay non-finite."""
+    loss = np.asarray(train_loss, dtype=np.float64).ravel().copy()
+    rho = np.asarray(si_norm, dtype=np.float64).ravel().copy()
+    q = np.asarray(elr, dtype=np.float64).ravel().copy()
+    t = np.arange(loss.size)
+    log_loss = np.zeros(loss.size)
+    steps = np.zeros(max(rho.size, q.size))
+    step = math.log1p(template["norm_step"])
+    for e in np.asarray(times, dtype=np.int64).ravel():
+        if not 0 <= e < steps.size:
+            continue
+        after = t >= e
+        log_loss[after] += math.log(template["loss_factor"]) * np.exp(-(t[after] - e) / template["loss_decay"])
+        steps[e:] += step
+    loss *= np.exp(log_loss)
+    rho *= np.exp(steps[: rho.size])
+    q *= np.exp(-2.0 * steps[: q.size])
+    return loss, rho, q
+
+
+def _injection_times(n: int, rng: np.random.Generator, min_episodes: int = MIN_EPISODES) -> np.ndarray | None:
+    """Episode positions in a window of n epochs (positions 1..n-NORM_SPAN, so that e-1 and e..e+2 are
+    in it): random phase, first interval log-uniform in [SENSITIVITY_PERIOD_MIN, longest that leaves
+    min_episodes], geometric drift by a factor log-uniform in [1/SENSITIVITY_DRIFT, SENSITIVITY_DRIFT]."""
+    last = n - NORM_SPAN
+    # derived: phase <= p0 and min_episodes - 1 intervals <= SENSITIVITY_DRIFT x p0 fit in [1, last]
+    hi = (last - 1) / (1 + (min_episodes - 1) * SENSITIVITY_DRIFT)
+    if hi < SENSITIVITY_PERIOD_MIN:
+        return None
+    for _ in range(20):
+        p0 = math.exp(rng.uniform(math.log(SENSITIVITY_PERIOD_MIN), math.log(hi)))
+        g = math.exp(rng.uniform(-math.log(SENSITIVITY_DRIFT), math.log(SENSITIVITY_DRIFT)))
+        t = 1.0 + rng.uniform(0.0, p0)
+        out = []
+        while t <= last:
+            out.append(int(round(t)))
+            t += p0 * g ** (t / n)
+        if len(out) >= min_episodes:
+            return np.array(out, dtype=np.int64)
+    return None
+
+
+def episode_sensitivity(train_loss, si_norm, elr, *, n_trials: int = SENSITIVITY_TRIALS, seed: int = 0,
+                        n_surrogates: int = SENSITIVITY_SURROGATES, template: dict = EPISODE_TEMPLATE
+                        ) -> float | None:
+    """Fraction of n_trials in which `episodes` calls the run periodic after a drifting-period train of
+    template episodes (see `_injection_times`) is injected into its own post-convergence series.
+    None when the run is not analysable (never converged, or too short to hold MIN_EPISODES injected
+    episodes at SENSITIVITY_PERIOD_MIN or more apart)."""
+    l, r, q = _joint_prefix(train_loss, si_norm, elr)
+    c = _converged(l)
+    if c is None or l.size - c < MIN_LENGTH:
+        return None
+    loss, rho, e = np.exp(l), np.exp(r), np.exp(q)
+    rng = np.random.default_rng(seed)
+    found = 0
+    for i in range(n_trials):
+        times = _injection_times(l.size - c, rng)
+        if times is None:
+            return None
+        res = episodes(*inject_episodes(loss, rho, e, times + c, template=template),
+                       n_surrogates=n_surrogates, seed=seed + i)
+        found += res.periodic
+    return found / n_trials
+
+
+# Drop sensitivity: 50 injected drops per run (resolution 0.02, binomial sd <= 0.07); the injected drop
+# falls in one epoch and regains linearly over 5 (a loss spike's aftermath in the CPU runs: 1-5 epochs).
+DROP_SENSITIVITY_TRIALS = 50
+DROP_RECOVERY = 5
+
+
+def drop_sensitivity(test_acc, *, depth: float | None = None, n_trials: int = DROP_SENSITIVITY_TRIALS,
+                     seed: int = 0) -> float | None:
+    """Fraction of n_trials in which `drop_events` finds a drop-and-recovery injected at a random epoch
+    of the run's own test accuracy (one per trial; found: an event's bottom within COINCIDENCE_WINDOW of
+    the injected bottom). depth defaults to DROP + NOISE_K x the series' robust noise: the smallest
+    drop the detector is meant to find, above its threshold max(DROP, NOISE_K x noise) by
+    min(DROP, NOISE_K x noise), so that the epoch's own noise rarely hides it. The drop:
+    acc[b + j] -= depth x (1 - j / DROP_RECOVERY) for j < DROP_RECOVERY, clipped at 0. None if the
+    series is too short to hold a drop with WITHIN epochs before it and its regain after it."""
+    a = finite_prefix(test_acc)
+    lo, hi = WITHIN, a.size - DROP_RECOVERY - 1
+    if hi <= lo:
+        return None
+    if depth is None:
+        noise = robust_noise(a)
+        depth = DROP + NOISE_K * (noise if math.isfinite(noise) else 0.0)
+    rng = np.random.default_rng(seed)
+    shape = depth * (1.0 - np.arange(DROP_RECOVERY) / DROP_RECOVERY)
+    found = 0
+    for b in rng.integers(lo, hi, n_trials):
+        x = a.copy()
+        x[b: b + DROP_RECOVERY] = np.maximum(x[b: b + DROP_RECOVERY] - shape, 0.0)
+        found += any(abs(ev.bottom - b) <= COINCIDENCE_WINDOW for ev in drop_events(x))
+    return found / n_trials

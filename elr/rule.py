@@ -1,6 +1,6 @@
 """The effective-learning-rate rules and the scale-invariance maths.
 
-Pure functions on tensors (norms, ELR, angles, sphere projection, equilibrium predictions) and two
+Pure functions on tensors (norms, ELR, angles, sphere projection) and two
 thin schedule objects the trainer calls: `ELRRule` (lr = lr0 / ||w||^p) and `SphereRule` (fixed ELR
 on the sphere). Conventions: PyTorch SGD, weight decay lambda adds lambda*w to the gradient.
 """
@@ -21,9 +21,9 @@ def global_norm(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)))
 
 
-def effective_lr(lr: float, si_norm: float) -> float:
+def effective_lr(lr: float, si_norm: float) -> float | None:
     # van Laarhoven 2017 (arXiv 1706.05350) / Lobacheva et al. 2021: ELR = lr / sum_i ||w_i||^2 for SI weights
-    return lr / si_norm**2
+    return lr / si_norm**2 if si_norm > 0 else None
 
 
 def rule_lr(lr0: float, norm: float, power: int) -> float:
@@ -51,16 +51,6 @@ def project_to_sphere(params: list[torch.Tensor], radius: float) -> None:
     # Kodryan et al. 2022 (arXiv 2209.03695), Sec. 3: after every step rescale the SI weights to total norm rho0
     scale = radius / global_norm(params)
     torch._foreach_mul_(params, scale)
-
-
-def predicted_angular_update(eta: float, lam: float, momentum: float = 0.0) -> float:
-    # Wan et al. 2021 (spherical motion dynamics), equilibrium angular update per step: sqrt(2*eta*lam/(1+mu))
-    return math.sqrt(2 * eta * lam / (1 + momentum))
-
-
-def relaxation_steps(eta: float, lam: float) -> float:
-    # Wan et al. 2021: ||w||^4 relaxes to equilibrium at rate 4*eta*lam per step, tau = 1/(4*eta*lam)
-    return math.inf if eta * lam <= 0 else 1.0 / (4 * eta * lam)
 
 
 class ELRRule:

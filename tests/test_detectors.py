@@ -182,3 +182,87 @@ def test_coincidence_with_spikes():
     assert co.fraction == 0.0 and co.p == 1.0
     assert D.coincidence({}, {}, {}).fraction is None
     assert D.coincides(D.DropEvent(10, 12, 15, 0.1), [14]) and not D.coincides(D.DropEvent(10, 12, 15, 0.1), [15])
+
+
+# ---------------------------------------------------------------------------------------------- episodes
+
+def quiet_run(n=300, seed=0, noise=0.2):
+    """Loss 2.4 -> 0.03 (converged at index ~33), log jitter `noise`; norm -0.5%/epoch; ELR 0.3 / rho^2."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    loss = (0.03 + 2.4 * np.exp(-t / 15)) * np.exp(noise * rng.standard_normal(n))
+    rho = 10.0 * np.exp(-0.005 * t)
+    return loss, rho, 0.3 / rho**2
+
+
+def test_inject_episodes_follows_the_template():
+    loss, rho, elr = quiet_run()
+    l2, r2, e2 = D.inject_episodes(loss, rho, elr, [100, 150])
+    assert l2[100] / loss[100] == pytest.approx(10.0)
+    assert l2[101] / loss[101] == pytest.approx(10.0 ** np.exp(-1.0))
+    assert np.array_equal(l2[:100], loss[:100]) and np.array_equal(r2[:100], rho[:100])
+    assert r2[120] / rho[120] == pytest.approx(1.03) and r2[200] / rho[200] == pytest.approx(1.03**2)
+    assert e2[200] / elr[200] == pytest.approx(1.03**-4)        # ELR ∝ 1/rho^2, steps persist
+    assert loss[100] == quiet_run()[0][100]                     # inputs untouched
+
+
+def test_episodes_found_at_the_injected_epochs():
+    loss, rho, elr = quiet_run()
+    times = np.arange(60, 290, 20)
+    r = D.episodes(*D.inject_episodes(loss, rho, elr, times))
+    assert r.analysable and r.periodic, r.reason
+    assert np.array_equal(r.episodes, times)
+    assert r.period == 20 and r.irregularity == 0.0 and r.surrogate_p < 0.05
+    assert 30 <= r.converged <= 40
+
+
+def test_drifting_period_is_periodic_though_its_global_cv_is_not():
+    # intervals growing 8 -> 32 epochs with +-1 jitter: interval CV > MAX_CV, local irregularity ~0.1
+    rng = np.random.default_rng(1)
+    times, t = [], 50.0
+    while t < 580:
+        times.append(int(t))
+        t += 8 * 4 ** ((t - 50) / 530) + rng.integers(-1, 2)
+    d = np.diff(times)
+    assert np.std(d, ddof=1) / np.mean(d) > D.MAX_CV
+    r = D.episodes(*D.inject_episodes(*quiet_run(n=600), times))
+    assert r.periodic and r.irregularity < 0.2, r.reason
+
+
+def test_alternating_intervals_are_irregular():
+    times = np.cumsum([50] + [8, 30] * 7)
+    r = D.episodes(*D.inject_episodes(*quiet_run(), times))
+    assert not r.periodic and "irregular" in r.reason and r.surrogate_p is None
+    assert r.irregularity == pytest.approx(np.log(30 / 8))
+
+
+def test_episodes_need_all_three_signs():
+    loss, rho, elr = quiet_run()
+    times = np.arange(60, 290, 20)
+    l2, r2, e2 = D.inject_episodes(loss, rho, elr, times)
+    assert D.episodes(l2, rho, elr).episodes.size == 0          # loss spikes alone
+    assert D.episodes(loss, r2, e2).episodes.size == 0          # norm steps alone
+    assert D.episodes(l2, r2, elr).episodes.size == 0           # no ELR drop
+    assert D.episodes(l2, r2, e2, n_surrogates=19).periodic is False   # smallest p 0.05 is not < 0.05
+
+
+def test_episodes_edge_cases():
+    loss, rho, elr = quiet_run()
+    times = np.arange(60, 290, 20)
+    l2, r2, e2 = D.inject_episodes(loss, rho, elr, times)
+    cut = l2.copy()
+    cut[170] = np.inf                                           # diverged: analysed up to index 170
+    r = D.episodes(cut, r2, e2)
+    assert r.episodes.max() < 170 and r.episodes.size == 6
+    bad_norm = r2.copy()
+    bad_norm[170] = 0.0                                         # a norm <= 0 ends the prefix too
+    assert np.array_equal(D.episodes(l2, bad_norm, e2).episodes, r.episodes)
+    assert np.array_equal(D.episodes(l2, r2[:170], e2).episodes, r.episodes)   # common length
+    zero = l2.copy()
+    zero[200:205] = 0.0                                         # float32 loss underflow: floored, no crash
+    assert D.episodes(zero, r2, e2).analysable
+    short = D.episodes(l2[:45], r2[:45], e2[:45])
+    assert not short.analysable and short.reason.startswith("too short") and short.converged is not None
+    assert not D.episodes([], [], []).analysable and not D.episodes([1.0, 0.5], [1, 1], [1, 1]).analysable
+    flat = D.episodes(np.full(300, 2.3), r2, e2)
+    assert not flat.analysable and flat.converged is None and "never converged" in flat.reason

@@ -11,7 +11,7 @@ from torch import nn
 from elr.config import RunConfig
 from elr.models import build_model, scale_invariant_params
 from elr.optim import build_optimizer, build_schedule, param_groups
-from elr.rule import angle_between, global_norm, predicted_angular_update, relaxation_steps
+from elr.rule import angle_between, effective_lr, global_norm
 
 
 def tiny_si_net(seed=0):
@@ -134,9 +134,8 @@ def test_angle_between_matches_float64_arccos():
         assert float(angle_between(a, b)) == pytest.approx(expected, rel=1e-6)
 
 
-def test_global_norm_and_equilibrium_formulas():
+def test_global_norm_and_effective_lr():
     ts = [torch.tensor([3.0, 4.0]), torch.tensor([[12.0]])]
     assert float(global_norm(ts)) == pytest.approx(13.0)
-    assert predicted_angular_update(0.1, 5e-4) == pytest.approx(0.01)  # sqrt(2 * 0.1 * 5e-4)
-    assert predicted_angular_update(0.1, 5e-4, 0.9) == pytest.approx(math.sqrt(1e-4 / 1.9))
-    assert relaxation_steps(0.1, 5e-4) == pytest.approx(5000.0)  # 1/(4 * 0.1 * 5e-4); /391 = 12.8 epochs
+    assert effective_lr(0.1, 2.0) == pytest.approx(0.025)  # lr / ||w||^2, the one formula the trainer logs
+    assert effective_lr(0.1, 0.0) is None
