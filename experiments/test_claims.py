@@ -1,4 +1,4 @@
-"""The seed's claims (H1-H4) and the theory that explains them (H5), one test each.
+"""The seed's claims (H1-H4), the theory that explains them (H5) and the seed's question (H6), one test each.
 
 Each criterion is fixed in elr/claims.py before any data is seen; a test passes when its claim held,
 fails when it was refuted (the message gives the statistics) and skips when the evidence is inconclusive.
@@ -23,3 +23,7 @@ def test_h4_sharp_drop_and_recovery(judge):
 
 def test_h5_equilibrium_theory(judge):
     judge("H5")
+
+
+def test_h6_elr_rule_reduces_lr_sensitivity(judge):
+    judge("H6")

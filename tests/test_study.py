@@ -106,7 +106,7 @@ def test_plugin_end_to_end_under_xdist_writes_one_report(micro):
     for f in ("report.md", "report.html", "verdicts.json"):
         assert (reports[0] / f).is_file()
     verdicts = {v["id"]: v for v in json.loads((reports[0] / "verdicts.json").read_text())}
-    assert sorted(verdicts) == ["H1", "H2", "H3", "H4", "H5"]
+    assert sorted(verdicts) == ["H1", "H2", "H3", "H4", "H5", "H6"]
     expected = {"held": "PASSED", "refuted": "FAILED", "inconclusive": "SKIPPED"}
     assert outcomes(micro.path / "first.xml") == {k: expected[v["verdict"]] for k, v in verdicts.items()}
     assert len(list((micro.path / "runs" / "micro").glob("*/summary.json"))) == 26
@@ -151,7 +151,7 @@ def test_long_study_needs_gpu_missing_data_stops_and_long_never_starts_by_defaul
     text, code = out["collected"]
     assert code == 0, text
     assert "test_h1_elr_converges_to_one_value[selected]" in text and "[full]" not in text
-    assert "5 deselected" in text
+    assert "6 deselected" in text
 
 
 def test_report_command_errors(tmp_path, capsys):
