@@ -1,5 +1,5 @@
-"""Detectors on per-epoch series: periodic (sawtooth) spikes, drop-and-recovery events, coincidence,
-destabilisation episodes (periodic or not), and the detectors' sensitivity to effects injected into a run.
+"""Detectors on per-epoch series: destabilisation episodes and whether they recur periodically,
+drop-and-recovery events, their coincidence, and the detectors' sensitivity to effects injected into a run.
 
 Pure functions of 1-D numpy arrays indexed by epoch position (index 0 = the first recorded epoch).
 Non-finite values: a series is analysed up to its first non-finite value (a diverged run's record
@@ -14,51 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.ndimage import median_filter
-from scipy.signal import find_peaks
 
 from elr.stats import robust_noise
-
-# ---------------------------------------------------------------------------------------------- periodic spikes
-
-# A spike must stand out by 5 robust noise sds (more for long series, see `prominence_k`): in a few
-# hundred epochs of Gaussian noise the expected number of peaks that prominent is below one, so noise
-# rarely supplies the MIN_CYCLES + 1 peaks needed.
-PROMINENCE_K = 5.0
-# At least 3 full cycles (4 spikes): two intervals cannot show regularity, three can.
-MIN_CYCLES = 3
-# Coefficient of variation of the spike intervals: spikes at random times (a Poisson process) give
-# CV ~ 1; a period drifting by ±30% over the run gives ~0.2. 0.35 separates the two with margin.
-MAX_CV = 0.35
-# The first 10% of epochs are the initial transient (loss falling from ln 10), not the regime studied.
-SKIP_FRACTION = 0.1
-# Rolling-median detrending window: a quarter of the analysed series, so any period that can show
-# MIN_CYCLES cycles (period <= n / 3) is mostly kept in the residual while the slow trend is removed.
-DETREND_FRACTION = 0.25
-# Below this many analysed epochs, 4 spikes with measurable intervals cannot be told from noise.
-MIN_LENGTH = 20
-# Surrogates, two kinds, both must be beaten (the larger p counts):
-#  - the residual shuffled in time: keeps its values (spikes included) but not their order, so white
-#    noise, or spikes at random times, do not pass;
-#  - the series' epoch-to-epoch increments shuffled and summed again (a random walk with the same
-#    steps), detrended the same way: red noise, which detrending turns into quasi-regular bumps, and
-#    jumps at random times do not pass.
-N_SURROGATES = 199     # smallest attainable p = 1/200 = 0.005
-ALPHA = 0.05
-# Noise floor relative to the series' range: a noiseless smooth series would otherwise have a noise
-# scale of float round-off and call round-off wiggles spikes.
-RELATIVE_FLOOR = 1e-6
-
-
-@dataclass(frozen=True)
-class Periodicity:
-    periodic: bool
-    peaks: np.ndarray                 # indices (into the input series) of the prominent spikes
-    period: float | None              # median spike interval, in epochs
-    cv: float | None                  # coefficient of variation of the spike intervals
-    asymmetry: float | None           # (rise - fall) / (rise + fall) durations: +1 slow rise, sharp fall
-    surrogate_p: float | None         # None when the surrogate test was not needed (already negative)
-    reason: str
-    noise: float | None = None        # the robust noise scale used for the prominence threshold
 
 
 def finite_prefix(y) -> np.ndarray:
@@ -66,151 +23,6 @@ def finite_prefix(y) -> np.ndarray:
     y = np.asarray(y, dtype=np.float64).ravel()
     bad = np.flatnonzero(~np.isfinite(y))
     return y[: bad[0]] if bad.size else y
-
-
-def _window(n: int, window_fraction: float = DETREND_FRACTION) -> int:
-    w = max(5, int(round(window_fraction * n)))
-    return w if w % 2 else w + 1
-
-
-def detrend(y: np.ndarray, *, log: bool | None = None, window_fraction: float = DETREND_FRACTION) -> np.ndarray:
-    """Residual of y (on log scale if log, or if log is None and y > 0 everywhere) about its centred
-    rolling median over window_fraction of the series: spikes are multiplicative in loss, norm and ELR,
-    so a log scale makes one spike's size comparable across a run's decades. A 2-D y is detrended
-    row by row (rows are series)."""
-    y = np.asarray(y, dtype=np.float64)
-    if log is None:
-        log = bool(np.all(y > 0))
-    z = np.log(y) if log else y
-    w = _window(z.shape[-1], window_fraction)
-    if z.ndim == 1:
-        return z - median_filter(z, size=w, mode="nearest")
-    # scipy's fast running median exists only for 1-D input: a 2-D (1, w) window is ~1000x slower
-    return np.stack([row - median_filter(row, size=w, mode="nearest") for row in z])
-
-
-def _noise(rows: np.ndarray) -> np.ndarray:
-    """Per-row robust noise scale (stats.robust_noise), floored relative to the row's range."""
-    d = np.diff(rows, axis=-1)
-    mad = np.median(np.abs(d - np.median(d, axis=-1, keepdims=True)), axis=-1)
-    sigma = 1.4826 * mad / math.sqrt(2.0)          # as stats.robust_noise (Hampel 1974 MAD scale)
-    return np.maximum(np.maximum(sigma, RELATIVE_FLOOR * np.ptp(rows, axis=-1)), np.finfo(np.float64).tiny)
-
-
-def prominence_k(n: int, k: float = PROMINENCE_K) -> float:
-    """The prominence threshold in noise sds for a series of n epochs: k, raised for long series to the
-    universal threshold of the noise of a difference, sqrt(2) · sqrt(2 ln n) (Donoho & Johnstone 1994):
-    a peak's prominence is a difference of two noisy values, and the largest of n of those grows with n."""
-    return max(k, 2.0 * math.sqrt(math.log(max(n, 2))))
-
-
-def _spikes(r: np.ndarray, k: float) -> tuple[np.ndarray, float]:
-    """Peaks of residual r with prominence >= prominence_k(len(r), k) · robust noise."""
-    noise = float(_noise(r))
-    return find_peaks(r, prominence=prominence_k(r.size, k) * noise)[0], noise
-
-
-def _cv(peaks: np.ndarray, min_cycles: int) -> float:
-    """CV of the intervals between peaks; +inf with fewer than min_cycles intervals."""
-    if peaks.size < min_cycles + 1:
-        return math.inf
-    d = np.diff(peaks).astype(np.float64)
-    return float(np.std(d, ddof=1) / np.mean(d))
-
-
-def _asymmetry(r: np.ndarray, peaks: np.ndarray) -> float | None:
-    """Sawtooth asymmetry over the cycles between consecutive peaks: fall = peak -> trough epochs,
-    rise = trough -> next peak epochs; (median rise - median fall) / (median rise + median fall)."""
-    if peaks.size < 2:
-        return None
-    troughs = np.array([a + int(np.argmin(r[a:b + 1])) for a, b in zip(peaks[:-1], peaks[1:])])
-    rise = np.median(peaks[1:] - troughs)
-    fall = np.median(troughs - peaks[:-1])
-    return float((rise - fall) / (rise + fall))
-
-
-def spikes(y, *, k: float = PROMINENCE_K, skip_fraction: float = SKIP_FRACTION,
-           log: bool | None = None) -> np.ndarray:
-    """Indices (into y) of prominent spikes, whether or not they are periodic (empty if too short)."""
-    y = finite_prefix(y)
-    start = int(math.floor(skip_fraction * y.size))
-    if y.size - start < MIN_LENGTH:
-        return np.array([], dtype=np.int64)
-    return _spikes(detrend(y[start:], log=log), k)[0] + start
-
-
-def periodicity(y, *, k: float = PROMINENCE_K, min_cycles: int = MIN_CYCLES, max_cv: float = MAX_CV,
-                skip_fraction: float = SKIP_FRACTION, n_surrogates: int = N_SURROGATES,
-                alpha: float = ALPHA, seed: int = 0, log: bool | None = None) -> Periodicity:
-    """Periodic (sawtooth) spikes in y, epochs along the axis.
-
-    Periodic iff, after the first skip_fraction of epochs and rolling-median detrending: at least
-    min_cycles + 1 peaks of prominence >= prominence_k(n, k) · robust noise (stats.robust_noise), the CV of their
-    intervals <= max_cv, and the surrogate p < alpha (see `surrogate_p`; each surrogate's spikes are
-    found with its own noise scale). The surrogates run only when the other criteria pass.
-    """
-    none = np.array([], dtype=np.int64)
-    y = finite_prefix(y)
-    start = int(math.floor(skip_fraction * y.size))
-    n = y.size - start
-    if n < MIN_LENGTH:
-        return Periodicity(False, none, None, None, None, None,
-                           f"too short: {n} analysable epochs < {MIN_LENGTH}")
-    z = y[start:]
-    if np.ptp(z) == 0:
-        return Periodicity(False, none, None, None, None, None, "constant series")
-    r = detrend(z, log=log)
-    peaks, noise = _spikes(r, k)
-    cv = _cv(peaks, min_cycles)
-    out_peaks = peaks + start
-    period = float(np.median(np.diff(peaks))) if peaks.size >= 2 else None
-    asym = _asymmetry(r, peaks)
-    cv_out = cv if math.isfinite(cv) else None
-    if peaks.size < min_cycles + 1:
-        return Periodicity(False, out_peaks, period, cv_out, asym, None,
-                           f"{peaks.size} spikes of prominence >= {prominence_k(n, k):.3g} x noise ({noise:.3g}); "
-                           f"needs >= {min_cycles + 1} ({min_cycles} cycles)", noise)
-    if cv > max_cv:
-        return Periodicity(False, out_peaks, period, cv, asym, None,
-                           f"{peaks.size} spikes but irregular: interval CV {cv:.2f} > {max_cv:g}", noise)
-    p = surrogate_p(z, r, cv, k=k, min_cycles=min_cycles, n_surrogates=n_surrogates, seed=seed, log=log)
-    periodic = p < alpha
-    verdict = "periodic" if periodic else "not periodic: surrogates are as regular"
-    return Periodicity(periodic, out_peaks, period, cv, asym, p,
-                       f"{verdict}: {peaks.size} spikes, period {period:g} epochs, interval CV {cv:.2f} "
-                       f"<= {max_cv:g}, surrogate p {p:.3g} ({n_surrogates} of each kind; alpha {alpha:g})",
-                       noise)
-
-
-def _as_regular(rows: np.ndarray, cv: float, k: float, min_cycles: int) -> int:
-    """How many rows have spikes at least as regular (interval CV <= cv) as observed."""
-    kk = prominence_k(rows.shape[-1], k)
-    return sum(_cv(find_peaks(row, prominence=kk * s)[0], min_cycles) <= cv for row, s in zip(rows, _noise(rows)))
-
-
-def surrogate_p(z: np.ndarray, r: np.ndarray, cv: float, *, k: float = PROMINENCE_K,
-                min_cycles: int = MIN_CYCLES, n_surrogates: int = N_SURROGATES, seed: int = 0,
-                log: bool | None = None) -> float:
-    """max over the two surrogate kinds of (1 + #{surrogates with interval CV <= cv}) / (n + 1).
-
-    z: the analysed series, r: its detrended residual, cv: the observed spike-interval CV.
-    Surrogates are made in batches of rows (one vectorised shuffle, detrend and noise scale per batch).
-    """
-    rng = np.random.default_rng(seed)
-    if log is None:
-        log = bool(np.all(z > 0))
-    zz = np.log(z) if log else z
-    steps = np.diff(zz)
-    batch = max(1, 2_000_000 // max(1, z.size))    # bound a batch to ~16 MB of float64
-    hits_shuffle = hits_walk = 0
-    for lo in range(0, n_surrogates, batch):
-        n = min(batch, n_surrogates - lo)
-        shuffled = rng.permuted(np.broadcast_to(r, (n, r.size)), axis=1)
-        walks = zz[0] + np.concatenate([np.zeros((n, 1)), np.cumsum(
-            rng.permuted(np.broadcast_to(steps, (n, steps.size)), axis=1), axis=1)], axis=1)
-        hits_shuffle += _as_regular(shuffled, cv, k, min_cycles)
-        hits_walk += _as_regular(detrend(walks, log=False), cv, k, min_cycles)
-    return (1 + max(hits_shuffle, hits_walk)) / (n_surrogates + 1)
 
 
 # ---------------------------------------------------------------------------------------------- drop and recovery
@@ -333,32 +145,50 @@ def coincidence(events_by_run: dict, spikes_by_run: dict, lengths: dict, *,
 # regime where the gradient fades and weight decay takes over the norm (Lobacheva et al. 2021 §3).
 CONVERGED_FRACTION = 0.1
 CONVERGED_BASE = 3
-# A loss jump must rise by >= ln 2 (a doubling: a loss spike is multiplicative) and by >= EPISODE_K
-# robust noise sds of the log loss (stats.robust_noise), from epoch e-1 to e or e+1. The max of two
-# differences of sd sqrt(2)·sigma exceeding 5 sigma is a 3.5-sd event, p <= 4e-4 per epoch; the norm
-# jump (also EPISODE_K of its own noise) is then an independent second gate.
+# Below this many epochs after convergence, MIN_EPISODES episodes with measurable intervals cannot occur.
+MIN_LENGTH = 20
+# The episode leads with the norm: log rho must rise above its drift by >= EPISODE_K robust sds of its
+# increments about that drift (one-sided, see `_noise_scales`) within e..e+2, and log ELR fall below
+# *its* drift by >= EPISODE_K of its own sds in the same epochs. 5 one-sided sds: p <= 3e-7 per epoch
+# for Gaussian noise, ~3e-3 for the 3-epoch sum of a random walk's steps (red noise).
 EPISODE_K = 5.0
-MIN_LOSS_JUMP = math.log(2.0)
+# The loss confirms: max(l[e], l[e+1]) - l[e-1] >= max(ln 1.5, LOSS_K robust sds of the log loss). Not
+# every episode is a x10-x50 spike from a re-converged loss: one that starts while the loss is still
+# up from the last (the norm then has less to regain) raises it x2-x3 (ln 2-ln 3 = 0.7-1.1, below the
+# ln 2 and 5-sd bar of a loss-led test at the CPU runs' log-loss noise of 0.2). 3 sds: each of the two
+# differences (sd sqrt(2)·sigma) passes by chance with p ~0.017, so the norm and ELR gates carry the test.
+LOSS_K = 3.0
+MIN_LOSS_JUMP = math.log(1.5)
 # Loss jump: within e..e+1 (2 epochs) of e-1; norm jump and ELR drop: within e..e+2 (3 epochs). Real
 # episodes spread over 1-2 logged epochs (the loss rises in one epoch, the norm keeps rising one more).
 LOSS_SPAN = 2
 NORM_SPAN = 3
-# Between episodes log rho falls steadily (weight decay, ~2·eta·lambda per step); a jump is measured
-# against that drift: the rolling median of the log-norm increments over 15 epochs, long against an
-# episode's 1-3 jump epochs (the median stays on the decay) and short against the run (the decay rate,
-# proportional to the lr, is followed as it changes).
+# Between episodes log rho falls steadily (weight decay, ~2·eta·lambda per step) and log ELR rises; a
+# jump or a drop is measured against that drift: the rolling median of the series' increments over 15
+# epochs, long against an episode's 1-3 jump epochs (the median stays on the drift) and short against
+# the run (the decay rate, proportional to the lr, is followed as it changes). An ELR "drop" is thus a
+# fall below where the drift would have taken it, not necessarily below the previous epoch's value.
 DRIFT_WINDOW = 15
 # Floor of the log-norm increment noise: between episodes the norm is so smooth (increments vary by
 # ~1e-4) that float32 logging and epoch averaging would count as jumps; with the floor a norm jump is
 # >= EPISODE_K x 1e-3 = 0.5% above the drift, well below a destabilisation's (several % and more).
+# The ELR's floor is twice that: at a fixed lr, log ELR = log lr - 2 log rho.
 NORM_NOISE_FLOOR = 1e-3
+ELR_NOISE_FLOOR = 2e-3
 # A cross-entropy train loss of exactly 0 (float32 round-off: resolution ~1e-7 of order-1 logits) is
 # floored here before taking logs; a norm or ELR <= 0 is invalid and ends the analysed prefix.
 LOSS_FLOOR = 1e-7
 # Candidate epochs at most 3 apart (chained) are one episode, placed at its largest one-epoch loss rise
 # (see `_merge`): an episode's loss rise and norm rise span up to NORM_SPAN epochs, so its neighbours
-# also pass the tests.
+# also pass the tests. derived: two episodes' epochs are then >= MERGE_GAP apart (a group's epoch is at
+# most one past its last candidate, the next group's first candidate MERGE_GAP + 1 past that).
 MERGE_GAP = 3
+# derived: episodes found in practice are >= MERGE_GAP + LOSS_SPAN = 5 epochs apart: the epoch before a
+# one-epoch spike passes the tests too (its loss window reaches the spike), so a group of candidates
+# spans e-1..e and the next group's first candidate e'-1 must be > e + MERGE_GAP. The surrogates respect
+# this spacing (were they to place episodes closer than the detector can report them, random times would
+# look less regular than they do in the detector's output, and p would be too small).
+MIN_SPACING = MERGE_GAP + LOSS_SPAN
 # At least 4 episodes (3 intervals, 2 successive ratios): fewer cannot show regularity.
 MIN_EPISODES = 4
 # Local irregularity: median over successive intervals of |ln(d_{i+1}/d_i)|. Intervals of a Poisson
@@ -368,15 +198,26 @@ MIN_EPISODES = 4
 # separates the two: one Poisson ratio falls below it with P = tanh(0.25) = 0.245, the median of
 # several rarely does, and the surrogate test is the gate for the few that do.
 MAX_IRREGULARITY = 0.5
+# Surrogates: the observed number of episodes at random epochs (see `_episode_p`). No re-detection is
+# needed, so they are cheap: 1999 give a smallest p of 1/2000 = 0.0005, which survives Holm across the
+# study's 8 ELR runs (0.05 / 8 = 0.00625) with room for Monte Carlo error.
+N_SURROGATES = 1999
+ALPHA = 0.05
 # A modest real episode, as seen in the CPU runs (runs/05-elr-lr3-wd0.005 and the constant-lr
-# convnet probes: loss x10-x50, norm +3-10% per episode): the train loss x10 at the episode epoch,
+# convnet probes: loss x10-x50, norm +3-30% per episode): the train loss x10 at the episode epoch,
 # the factor decaying as 10^exp(-(t-e)/1) (x2.3 one epoch later, x1.4 two later), and the norm raised
-# by 3% from e on (a level shift of log rho), so the ELR (∝ 1/rho^2) lowered by 2 x ln 1.03 from e on.
+# by a step from e on (a level shift of log rho), so the ELR (∝ 1/rho^2) lowered by twice its log from e
+# on. The step is a modest episode *for the run*: norm_step here (3%) or, if larger,
+# exp(TEMPLATE_DRIFT_MULTIPLE x the run's typical per-epoch |log-norm drift| after convergence) - 1
+# (the median over post-convergence epochs of |rolling median of the log-norm increments|, see
+# `sensitivity_template`): a real episode regains what weight decay took since the last one, at least a
+# couple of epochs' decay, and a step below one epoch's decay would be no jump in that run at all.
 EPISODE_TEMPLATE = {"loss_factor": 10.0, "loss_decay": 1.0, "norm_step": 0.03}
+TEMPLATE_DRIFT_MULTIPLE = 2.0
 # Episode sensitivity: 20 injected trains per run (Monte Carlo resolution 1/20 = 0.05; binomial sd
-# <= 0.11), each tested with 99 surrogates (smallest p = 0.01 < ALPHA).
+# <= 0.11), each tested with 199 surrogates (smallest p = 0.005 < ALPHA; the decision is p < ALPHA alone).
 SENSITIVITY_TRIALS = 20
-SENSITIVITY_SURROGATES = 99
+SENSITIVITY_SURROGATES = 199
 # Injected periods: the first interval log-uniform in [8, longest that leaves MIN_EPISODES in the
 # window]; 8 epochs leave >= 2x the template's ~3-epoch loss spike between episodes, beyond MERGE_GAP.
 # The period then drifts geometrically over the window by a factor log-uniform in [1/2, 2].
@@ -417,34 +258,43 @@ def _converged(loss_log: np.ndarray, fraction: float = CONVERGED_FRACTION) -> in
 
 
 def _rolling_median(x: np.ndarray, w: int) -> np.ndarray:
-    """Centred rolling median along the last axis (edges: nearest), row by row (see `detrend`)."""
+    """Centred rolling median along the last axis (edges: nearest), row by row (scipy's fast running
+    median exists only for 1-D input: a 2-D (1, w) window is ~1000x slower)."""
     if x.ndim == 1:
         return median_filter(x, size=w, mode="nearest")
     return np.stack([median_filter(row, size=w, mode="nearest") for row in x])
 
 
-def _norm_excess(r: np.ndarray) -> np.ndarray:
-    """Log-norm increments minus their rolling median over DRIFT_WINDOW, per row; column e-1 is epoch e."""
-    dr = np.diff(r, axis=-1)
-    return dr - _rolling_median(dr, min(DRIFT_WINDOW, dr.shape[-1] | 1))
+def _excess(x: np.ndarray) -> np.ndarray:
+    """Increments of x minus their rolling median over DRIFT_WINDOW (the drift), per row; column e-1 is
+    epoch e."""
+    dx = np.diff(x, axis=-1)
+    return dx - _rolling_median(dx, min(DRIFT_WINDOW, dx.shape[-1] | 1))
 
 
-def _noise_scales(l: np.ndarray, r: np.ndarray, k: float = EPISODE_K) -> tuple[float, float]:
-    """(sigma_l, sigma_r) of one analysed window.
+def _one_sided_scale(ex: np.ndarray, floor: float) -> float:
+    """1.4826 x the median of |ex| over the entries <= 0, floored. derived: for noise symmetric about
+    the drift this is Hampel's (1974) 1.4826 x MAD (the lower half's absolute deviations have the same
+    median as all of them), and jumps on the other side, a large share of the increments in a run with
+    an episode every few epochs, do not enter it (they would inflate a MAD)."""
+    low = ex[ex <= 0]
+    return max(1.4826 * float(np.median(-low)) if low.size else 0.0, floor)
 
-    sigma_r: a one-sided MAD scale of the log-norm increments' excess over their drift, 1.4826 x the
-    median of |excess| over the increments at or below the drift, floored at NORM_NOISE_FLOOR. derived:
-    for noise symmetric about the drift this is Hampel's (1974) 1.4826 x MAD (the lower half's absolute
-    deviations have the same median as all of them), and norm jumps, being upward, do not enter it (with
-    an episode every few epochs they are a large share of the increments and would inflate a MAD).
+
+def _noise_scales(l: np.ndarray, r: np.ndarray, q: np.ndarray, k: float = EPISODE_K) -> tuple[float, float, float]:
+    """(sigma_l, sigma_r, sigma_q) of one analysed window.
+
+    sigma_r: the one-sided scale (`_one_sided_scale`) of the log-norm increments' excess over their
+    drift, on the side away from jumps (excess <= 0), floored at NORM_NOISE_FLOOR; sigma_q: the same for
+    the log ELR on the side away from drops (excess >= 0), floored at ELR_NOISE_FLOOR.
     sigma_l: stats.robust_noise of the log loss over the quiet increments only, those more than
     NORM_SPAN + 1 epochs from a norm jump (excess >= k x sigma_r): in a run with an episode every few
     epochs the spikes and their decays are a large share of the loss increments and would inflate the
     MAD (all increments are used if fewer than MIN_LENGTH are quiet).
     """
-    ex = _norm_excess(r)
-    low = ex[ex <= 0]
-    sigma_r = max(1.4826 * float(np.median(-low)) if low.size else 0.0, NORM_NOISE_FLOOR)
+    ex = _excess(r)
+    sigma_r = _one_sided_scale(ex, NORM_NOISE_FLOOR)
+    sigma_q = _one_sided_scale(-_excess(q), ELR_NOISE_FLOOR)
     dl = np.diff(l)
     jumps = np.flatnonzero(ex >= k * sigma_r)
     near = np.zeros(dl.size, dtype=bool)
@@ -452,39 +302,40 @@ def _noise_scales(l: np.ndarray, r: np.ndarray, k: float = EPISODE_K) -> tuple[f
         near[np.clip(jumps + j, 0, dl.size - 1)] = True
     d = dl[~near] if np.count_nonzero(~near) >= MIN_LENGTH else dl
     if d.size < 2:
-        return 0.0, sigma_r
+        return 0.0, sigma_r, sigma_q
     # as stats.robust_noise, on the chosen increments: 1.4826 · MAD(diff) / sqrt(2)
-    return float(1.4826 * np.median(np.abs(d - np.median(d))) / math.sqrt(2.0)), sigma_r
+    return float(1.4826 * np.median(np.abs(d - np.median(d))) / math.sqrt(2.0)), sigma_r, sigma_q
 
 
-def _candidates(l: np.ndarray, r: np.ndarray, q: np.ndarray, sigma_l: float, sigma_r: float,
+def _span_max(ex: np.ndarray, n: int) -> np.ndarray:
+    """(rows, n): at epoch e >= 1, the max over j < NORM_SPAN of ex[e-1] + ... + ex[e-1+j] (the summed
+    excess from epoch e to e+j; truncated at the end); -inf at e = 0."""
+    rows = ex.shape[0]
+    out = np.full((rows, n), -np.inf)
+    acc = np.zeros((rows, n - 1))
+    for j in range(NORM_SPAN):
+        acc[:, : n - 1 - j] += ex[:, j:]
+        part = np.full((rows, n - 1), -np.inf)
+        part[:, : n - 1 - j] = acc[:, : n - 1 - j]
+        out[:, 1:] = np.maximum(out[:, 1:], part)
+    return out
+
+
+def _candidates(l: np.ndarray, r: np.ndarray, q: np.ndarray, sigma_l: float, sigma_r: float, sigma_q: float,
                 k: float = EPISODE_K) -> np.ndarray:
     """Boolean (rows, n) mask of epochs e (>= 1) that pass the three episode tests; rows are series
-    sharing the noise scales sigma_l (log loss) and sigma_r (log-norm increments about their drift)."""
+    sharing the noise scales (see `_noise_scales`)."""
     rows, n = l.shape
-    # loss: max(l[e], l[e+1]) - l[e-1] >= max(ln 2, k·sigma_l)   (the window truncated at the end)
+    # loss: max(l[e], l[e+1]) - l[e-1] >= max(ln 1.5, LOSS_K·sigma_l)   (the window truncated at the end)
     ahead = np.full((rows, n, LOSS_SPAN), -np.inf)
     for j in range(LOSS_SPAN):
         ahead[:, : n - j, j] = l[:, j:]
     rise = np.full((rows, n), -np.inf)
     rise[:, 1:] = ahead.max(axis=2)[:, 1:] - l[:, :-1]
-    loss_ok = rise >= max(MIN_LOSS_JUMP, k * sigma_l)
-    # norm: the increments' excess over their drift, summed from e, max over e..e+NORM_SPAN-1
-    excess = _norm_excess(r)
-    jump = np.full((rows, n), -np.inf)
-    acc = np.zeros((rows, n - 1))
-    for j in range(NORM_SPAN):
-        acc[:, : n - 1 - j] += excess[:, j:]
-        part = np.full((rows, n - 1), -np.inf)
-        part[:, : n - 1 - j] = acc[:, : n - 1 - j]
-        jump[:, 1:] = np.maximum(jump[:, 1:], part)
-    norm_ok = jump >= k * sigma_r
-    # ELR: min(q[e..e+NORM_SPAN-1]) < q[e-1]
-    low = np.full((rows, n), np.inf)
-    for j in range(NORM_SPAN):
-        low[:, 1: n - j] = np.minimum(low[:, 1: n - j], q[:, 1 + j:])
-    elr_ok = np.zeros((rows, n), dtype=bool)
-    elr_ok[:, 1:] = low[:, 1:] < q[:, :-1]
+    loss_ok = rise >= max(MIN_LOSS_JUMP, LOSS_K * sigma_l)
+    # the norm above its drift, and higher than at e-1 (a jump, not a pause in the decay)
+    norm_ok = (_span_max(_excess(r), n) >= k * sigma_r) & (_span_max(np.diff(r, axis=-1), n) > 0)
+    elr_ok = _span_max(-_excess(q), n) >= k * sigma_q           # the ELR below its drift
     return loss_ok & norm_ok & elr_ok
 
 
@@ -511,39 +362,56 @@ def _merge(mask: np.ndarray, l: np.ndarray) -> list[np.ndarray]:
     return out
 
 
+def _irregularities(ep: np.ndarray) -> np.ndarray:
+    """Per row of sorted episode epochs (rows, m >= 3): median |ln(d_{i+1}/d_i)| over successive intervals."""
+    d = np.diff(ep, axis=-1).astype(np.float64)
+    return np.median(np.abs(np.diff(np.log(d), axis=-1)), axis=-1)
+
+
 def _irregularity(ep: np.ndarray) -> float:
     """Median |ln(d_{i+1}/d_i)| over the successive episode intervals d; +inf with < 2 intervals."""
     if ep.size < 3:
         return math.inf
-    d = np.diff(ep).astype(np.float64)
-    return float(np.median(np.abs(np.diff(np.log(d)))))
+    return float(_irregularities(np.asarray(ep)[None, :])[0])
 
 
-def _search(l, r, q, sigma_l: float, sigma_r: float, k: float = EPISODE_K) -> list[np.ndarray]:
+def _search(l, r, q, sigma_l: float, sigma_r: float, sigma_q: float, k: float = EPISODE_K) -> list[np.ndarray]:
     l = np.atleast_2d(l)
-    return _merge(_candidates(l, np.atleast_2d(r), np.atleast_2d(q), sigma_l, sigma_r, k), l)
+    return _merge(_candidates(l, np.atleast_2d(r), np.atleast_2d(q), sigma_l, sigma_r, sigma_q, k), l)
 
 
-def _episode_p(l, r, q, irregularity, *, n_surrogates, seed, min_episodes=MIN_EPISODES) -> float:
-    """(1 + #{surrogates with >= min_episodes episodes and irregularity <= observed}) / (n + 1).
+def _episode_p(n: int, n_episodes: int, irregularity: float, *, n_surrogates: int, seed: int) -> float:
+    """(1 + #{surrogates with irregularity <= observed}) / (n_surrogates + 1).
 
-    A surrogate shuffles the epochs' joint increment vectors (dl, dr, dq) in the analysed window (one
-    permutation for all three, so coincident jumps stay coincident) and sums them again from the
-    window's first values: the same jumps, sizes and noise at random epochs. Each surrogate is searched
-    with the observed window's noise scales, i.e. with the same thresholds as the run itself.
+    A surrogate: the observed number of episodes at epochs drawn uniformly from all placements in the
+    analysed window (positions 1..n-1, where the detector can place one) with consecutive episodes
+    >= MERGE_GAP apart (the closest the detector reports; see MERGE_GAP). derived: k sorted distinct
+    draws from n - 1 - (k-1)(MERGE_GAP-1) slots, the i-th shifted by i·(MERGE_GAP-1), are uniform over
+    those placements.
+
+    Why this null: the claim is about the *timing* of the episodes the run has, so the null keeps what is
+    observed (these episodes, their number, the window, the spacing the detector imposes) and breaks
+    only their order in time. A null that shuffles the series' increments and re-detects (used before)
+    lets the surrogate series drift and form dense trains of candidate epochs, which merging at
+    MERGE_GAP spaces almost evenly, so surrogates looked regular and p was inflated; and it tested the
+    detection along with the timing. Conditioning on the count also makes the test cheap (no
+    re-detection). The null excludes only spacings below MERGE_GAP: episodes with a longer refractory
+    time but random otherwise would be more regular than it, which is what MAX_IRREGULARITY guards.
     """
+    k = n_episodes
+    slots = (n - 1) - (k - 1) * (MIN_SPACING - 1)
+    if k < 3 or slots < k:
+        return 1.0
     rng = np.random.default_rng(seed)
-    steps = np.stack([np.diff(l), np.diff(r), np.diff(q)])     # (3, n-1)
-    sigma_l, sigma_r = _noise_scales(l, r)
-    start = np.array([l[0], r[0], q[0]])[:, None, None]
-    batch = max(1, 1_000_000 // max(1, l.size))
+    shift = np.arange(k) * (MIN_SPACING - 1) + 1
+    batch = max(1, 2_000_000 // slots)                          # bound a batch to ~16 MB of float64
     hits = 0
     for lo in range(0, n_surrogates, batch):
         m = min(batch, n_surrogates - lo)
-        perm = np.argsort(rng.random((m, steps.shape[1])), axis=1)
-        walks = np.concatenate([np.zeros((3, m, 1)), np.cumsum(steps[:, perm], axis=2)], axis=2) + start
-        for ep in _search(walks[0], walks[1], walks[2], sigma_l, sigma_r):
-            hits += ep.size >= min_episodes and _irregularity(ep) <= irregularity
+        pick = np.argpartition(rng.random((m, slots)), k - 1, axis=1)[:, :k] if slots > k else \
+            np.broadcast_to(np.arange(k), (m, k))
+        ep = np.sort(pick, axis=1) + shift
+        hits += int(np.count_nonzero(_irregularities(ep) <= irregularity + 1e-12))
     return (1 + hits) / (n_surrogates + 1)
 
 
@@ -552,14 +420,14 @@ def episodes(train_loss, si_norm, elr, *, n_surrogates: int = N_SURROGATES, seed
     """Destabilisation episodes after convergence, and whether they recur periodically.
 
     Analysed: the joint finite prefix (see `_joint_prefix`) from the converged index (first train loss
-    <= CONVERGED_FRACTION x median of the first CONVERGED_BASE epochs) on. An episode at e: the log
-    loss rises by >= max(ln 2, EPISODE_K x its robust noise) from e-1 to e or e+1; log rho rises above
-    its rolling-median drift by >= EPISODE_K x the robust sd of its increments about that drift (floored
-    at NORM_NOISE_FLOOR) within e..e+2; log ELR falls below its e-1 value within e..e+2. Candidates
-    <= MERGE_GAP apart are one episode, at its largest one-epoch loss rise. Periodic iff
-    >= MIN_EPISODES episodes, local irregularity <= MAX_IRREGULARITY and surrogate p < alpha (see
-    `_episode_p`; run only when the rest pass). Not analysable (never periodic): no convergence, or
-    fewer than MIN_LENGTH epochs after it.
+    <= CONVERGED_FRACTION x median of the first CONVERGED_BASE epochs) on. An episode at e: log rho rises
+    above its rolling-median drift by >= EPISODE_K x the one-sided robust sd of its increments about that
+    drift (floored at NORM_NOISE_FLOOR) within e..e+2; log ELR falls below its own drift by >= EPISODE_K x
+    its sd (floored at ELR_NOISE_FLOOR) within e..e+2; the log loss rises by >= max(ln 1.5, LOSS_K x its
+    robust noise) from e-1 to e or e+1. Candidates <= MERGE_GAP apart are one episode, at its largest
+    one-epoch loss rise. Periodic iff >= MIN_EPISODES episodes, local irregularity <= MAX_IRREGULARITY and
+    surrogate p < alpha (see `_episode_p`: the same number of episodes at random epochs; run only when
+    the rest pass). Not analysable (never periodic): no convergence, or fewer than MIN_LENGTH epochs after it.
     """
     none = np.array([], dtype=np.int64)
     l, r, q = _joint_prefix(train_loss, si_norm, elr)
@@ -575,7 +443,7 @@ def episodes(train_loss, si_norm, elr, *, n_surrogates: int = N_SURROGATES, seed
     if lw.size < MIN_LENGTH:
         return Episodes(False, none, c, None, None, None, False,
                         f"too short: {lw.size} epochs after convergence (index {c}) < {MIN_LENGTH}")
-    ep = _search(lw, rw, qw, *_noise_scales(lw, rw))[0]
+    ep = _search(lw, rw, qw, *_noise_scales(lw, rw, qw))[0]
     out = ep + c
     period = float(np.median(np.diff(ep))) if ep.size >= 2 else None
     irr = _irregularity(ep)
@@ -586,12 +454,13 @@ def episodes(train_loss, si_norm, elr, *, n_surrogates: int = N_SURROGATES, seed
     if irr > MAX_IRREGULARITY:
         return Episodes(False, out, c, period, irr, None, True,
                         f"{head} but irregular: local irregularity {irr:.2f} > {MAX_IRREGULARITY:g}")
-    p = _episode_p(lw, rw, qw, irr, n_surrogates=n_surrogates, seed=seed)
+    p = _episode_p(lw.size, ep.size, irr, n_surrogates=n_surrogates, seed=seed)
     periodic = p < alpha
-    verdict = "periodic" if periodic else "not periodic: shuffled surrogates are as regular"
+    verdict = "periodic" if periodic else "not periodic: as many episodes at random epochs are as regular"
     return Episodes(periodic, out, c, period, irr, p, True,
                     f"{verdict}: {head}, median period {period:g} epochs, local irregularity {irr:.2f} <= "
-                    f"{MAX_IRREGULARITY:g}, surrogate p {p:.3g} ({n_surrogates} surrogates; alpha {alpha:g})")
+                    f"{MAX_IRREGULARITY:g}, surrogate p {p:.3g} ({n_surrogates} placements of {ep.size} episodes "
+                    f"at random epochs; alpha {alpha:g})")
 
 
 def inject_episodes(train_loss, si_norm, elr, times, *, template: dict = EPISODE_TEMPLATE
@@ -619,6 +488,21 @@ def inject_episodes(train_loss, si_norm, elr, times, *, template: dict = EPISODE
     return loss, rho, q
 
 
+def sensitivity_template(train_loss, si_norm, elr) -> dict | None:
+    """EPISODE_TEMPLATE with its norm step raised, where the run's norm drifts fast, to
+    exp(TEMPLATE_DRIFT_MULTIPLE x typical |drift|) - 1: typical |drift| is the median over the
+    post-convergence epochs of |rolling median (DRIFT_WINDOW) of the log-norm increments|. None when
+    the run never converged or has fewer than MIN_LENGTH epochs after it."""
+    l, r, _ = _joint_prefix(train_loss, si_norm, elr)
+    c = _converged(l)
+    if c is None or l.size - c < MIN_LENGTH:
+        return None
+    dr = np.diff(r[c:])
+    drift = float(np.median(np.abs(_rolling_median(dr, min(DRIFT_WINDOW, dr.size | 1)))))
+    step = max(EPISODE_TEMPLATE["norm_step"], math.expm1(TEMPLATE_DRIFT_MULTIPLE * drift))
+    return {**EPISODE_TEMPLATE, "norm_step": step}
+
+
 def _injection_times(n: int, rng: np.random.Generator, min_episodes: int = MIN_EPISODES) -> np.ndarray | None:
     """Episode positions in a window of n epochs (positions 1..n-NORM_SPAN, so that e-1 and e..e+2 are
     in it): random phase, first interval log-uniform in [SENSITIVITY_PERIOD_MIN, longest that leaves
@@ -642,17 +526,21 @@ def _injection_times(n: int, rng: np.random.Generator, min_episodes: int = MIN_E
 
 
 def episode_sensitivity(train_loss, si_norm, elr, *, n_trials: int = SENSITIVITY_TRIALS, seed: int = 0,
-                        n_surrogates: int = SENSITIVITY_SURROGATES, template: dict = EPISODE_TEMPLATE
+                        n_surrogates: int = SENSITIVITY_SURROGATES, template: dict | None = None
                         ) -> float | None:
     """Fraction of n_trials in which `episodes` calls the run periodic after a drifting-period train of
-    template episodes (see `_injection_times`) is injected into its own post-convergence series.
-    None when the run is not analysable (never converged, or too short to hold MIN_EPISODES injected
-    episodes at SENSITIVITY_PERIOD_MIN or more apart)."""
+    template episodes (see `_injection_times`; template: `sensitivity_template` of the run unless given)
+    is injected into its own post-convergence series. Meaningful for a run without episodes of its own:
+    in one that has them the injected train mixes with the real one. None when the run is not analysable
+    (never converged, or too short to hold MIN_EPISODES injected episodes at SENSITIVITY_PERIOD_MIN or
+    more apart)."""
     l, r, q = _joint_prefix(train_loss, si_norm, elr)
     c = _converged(l)
     if c is None or l.size - c < MIN_LENGTH:
         return None
     loss, rho, e = np.exp(l), np.exp(r), np.exp(q)
+    if template is None:
+        template = sensitivity_template(loss, rho, e)
     rng = np.random.default_rng(seed)
     found = 0
     for i in range(n_trials):

@@ -18,7 +18,8 @@ N_EPOCHS = 400
 SURROGATES = 99     # inside calibration loops: smallest p 0.01 < ALPHA, ~1/2 the time of the default 199
 
 
-def make_run(kind, *, n=N_EPOCHS, seed=0, period=(10.0, 25.0), drift=2.0, jitter=2, noise=None, wander=0.0):
+def make_run(kind, *, n=N_EPOCHS, seed=0, period=(10.0, 25.0), drift=2.0, jitter=2, noise=None, wander=0.0,
+             small=0.0, coupling=0.0, blips=0.0, times_out=None):
     """(train_loss, si_norm, elr) of one generated run.
 
     kind: "periodic" — episodes after convergence with a first period log-uniform in `period` epochs,
@@ -52,15 +53,35 @@ def make_run(kind, *, n=N_EPOCHS, seed=0, period=(10.0, 25.0), drift=2.0, jitter
                 e += max(3.0, p0 * g ** ((e - c) / (n - c)) + rng.integers(-jitter, jitter + 1))
             else:
                 e += max(1.0, rng.exponential(p0 * np.sqrt(g)))
+        is_small = (rng.random(len(times)) < small) & (np.arange(len(times)) > 0) if small else [False] * len(times)
+        if blips:
+            for b in c + np.flatnonzero(rng.random(n - c) < blips):
+                log_loss[b] += np.log(rng.uniform(1.5, 2.5))
+        # the norm's decay slowed where the loss is up (the gradient pushes the norm out): by `coupling` at a
+        # loss >= 0.5, in proportion below
+        slowed = decay * coupling * np.minimum(1.0, np.exp(log_loss) / 0.5) if coupling else 0.0
         last = c
-        for e in times:
+        for i, e in enumerate(times):
             factor, spread = np.exp(rng.uniform(np.log(10.0), np.log(50.0))), rng.uniform(1.0, 2.0)
+            if is_small[i]:
+                factor = np.exp(rng.uniform(np.log(2.0), np.log(3.0)))
+            if i + 1 < len(times) and is_small[i + 1]:   # the loss still up when the next (small) one starts
+                spread = rng.uniform(0.3, 0.6) * (times[i + 1] - e)
             log_loss[e:] += np.log(factor) * np.exp(-(t[e:] - e) / spread)
-            jump = decay * (e - last) * rng.uniform(0.8, 1.2) + 0.02
+            if coupling:   # the loss before e is final here: later spikes start at e or after
+                slowed = decay * coupling * np.minimum(1.0, np.exp(log_loss) / 0.5)
+                lost = float(np.sum(decay - slowed[last + 1: e]))
+            else:
+                lost = decay * (e - last)
+            jump = lost * rng.uniform(0.8, 1.2) * (0.4 if is_small[i] else 1.0) + 0.02
             dr[e] += 0.7 * jump
             if e + 1 < n:
                 dr[e + 1] += 0.3 * jump
             last = e
+        if coupling:
+            dr += decay * coupling * np.minimum(1.0, np.exp(log_loss) / 0.5)
+        if times_out is not None:
+            times_out.extend((int(e), bool(sm)) for e, sm in zip(times, is_small))
     elif kind == "red":
         log_loss = base + np.cumsum(0.2 * rng.standard_normal(n))
         dr = -decay + 0.01 * rng.standard_normal(n)
