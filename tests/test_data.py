@@ -6,6 +6,7 @@ CIFAR-10 file is used only by the last test, which is skipped where the file is 
 
 from __future__ import annotations
 
+import os
 import time
 import urllib.error
 from pathlib import Path
@@ -331,10 +332,10 @@ def test_cifar10_uses_torchvision_arrays(tmp_path, monkeypatch):
     np.testing.assert_array_equal(data.y_test.numpy(), arrays["y_test"])
 
 
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10.npz"
+REAL = Path(os.environ.get("ELR_CIFAR10_NPZ", "/nonexistent"))   # a real CIFAR-10 npz, where a machine has one
 
 
-@pytest.mark.skipif(not REAL.is_file(), reason=f"the real CIFAR-10 file is not at {REAL}")
+@pytest.mark.skipif(not REAL.is_file(), reason="set ELR_CIFAR10_NPZ to a real CIFAR-10 .npz to run this check")
 def test_real_cifar10_npz_subset():
     data = load_data(f"npz:{REAL}", subset=1000, seed=0)
     assert data.name == "npz:cifar10.npz" and data.num_classes == 10
@@ -343,3 +344,12 @@ def test_real_cifar10_npz_subset():
     # the published CIFAR-10 training statistics (data README): normalization used the full 50k
     np.testing.assert_allclose(data.mean, (0.4914, 0.4822, 0.4465), atol=1e-4)
     np.testing.assert_allclose(data.std, (0.2470, 0.2435, 0.2616), atol=1e-4)
+
+
+def test_test_subset_sets_the_test_split_size_independently():
+    data = load_data("synthetic", subset=400, test_subset=250, seed=0)
+    assert len(data.y_train) == 400 and len(data.y_test) == 250
+    np.testing.assert_array_equal(np.bincount(data.y_test.numpy()), np.full(10, 25))   # class-balanced
+    assert len(load_data("synthetic", test_subset=100).y_train) == 2000                 # the train split kept
+    with pytest.raises(DataError, match=r"test_subset 501 is outside .* 10 <= test_subset <= 500"):
+        load_data("synthetic", test_subset=501)
