@@ -37,7 +37,7 @@ MIN_SENSITIVITY = 0.8   # a detector that found nothing says "absent" only where
 
 # H1 (the seed's hypothesis): "one ELR whatever lr0 and λ" = the slopes of log final ELR on log lr0 and on
 # log λ, over runs measured stationary, both lie within ±0.1 (a tenfold change of lr0 or λ moves the ELR by
-# at most 10^0.1 = 1.26x, inside the ±20-30% a final ELR wanders in a sawtooth). Theory (SCIENCE.md, the
+# at most 10^0.1 = 1.26x, inside the ±20-30% a final ELR wanders in a sawtooth). Theory (docs/science.md, the
 # seed rule's fixed point) predicts +0.4 and +0.6.
 H1_MARGIN = 0.1
 H1_THEORY_SLOPES = {"lr0": 0.4, "weight_decay": 0.6}

@@ -21,7 +21,7 @@ from elr.runs import Run
 
 FINAL_FRACTION = 0.1     # "final" values: the median over the last 10% of epochs (a sawtooth averages out)
 # The stationarity window: the final quarter of the run, snapped to whole cycles when destabilisation
-# episodes occur in it (a limit cycle's averages are only meaningful over whole periods, SCIENCE.md).
+# episodes occur in it (a limit cycle's averages are only meaningful over whole periods, docs/science.md).
 WINDOW_FRACTION = 0.25
 # Drop-and-recovery events count only after the initial transient: once the 5-epoch running median of
 # test accuracy first reaches 90% of its final level; dips of a still-rising curve are not "drops".

@@ -81,7 +81,7 @@ def fixed_point(lr: float, lam: float, G: float, *, power: float = 0, momentum: 
     if not (_finite(lr, lam, G, power, momentum) and lr > 0 and lam > 0 and G > 0 and 0 <= momentum < 1
             and power > MIN_STABLE_POWER):
         return _NAN_FP
-    # SCIENCE.md "The seed's rule has its own equilibrium" (derived from Wan et al. 2021's norm balance with
+    # docs/science.md "The seed's rule has its own equilibrium" (derived from Wan et al. 2021's norm balance with
     # eta = lr0/rho^p): rho*^(4+p) = lr0 G^2 / (2 lam); with momentum lr0 -> lr0/(1-mu) (derived, _eta_eff)
     rho = (_rho4_const(lr, lam, G, momentum)) ** (1.0 / (4.0 + power))
     # the rule's rate at rho* (p = 0: the constant lr itself)
@@ -104,7 +104,7 @@ def relaxation_steps(eta: float, lam: float, *, power: float = 0, momentum: floa
         return math.nan
     if eta * lam <= 0 or 4.0 + power <= 0:
         return math.inf
-    # SCIENCE.md (derived: linearising dx/dt = -2 eta lam x + eta^2 G^2/x with eta = lr0 x^(-p/2) at x*):
+    # docs/science.md (derived: linearising dx/dt = -2 eta lam x + eta^2 G^2/x with eta = lr0 x^(-p/2) at x*):
     # rate (4+p) eta lam per step (p = 0: Wan et al. 2021's 4 eta lam); momentum: eta -> eta/(1-mu) (_eta_eff)
     return 1.0 / ((4.0 + power) * _eta_eff(eta, momentum) * lam)
 
@@ -125,7 +125,7 @@ def drift_steps(rho_from: float, rho_to: float, lr0: float, lam: float, *, power
     if rho_to > rho_from or lr0 * lam <= 0 or (rho_to == 0 and power <= 0):
         return math.inf
     # derived: rho_{t+1} = (1 - eta lam) rho_t with eta = lr0/rho^p gives d rho/dt = -lr0 lam rho^(1-p);
-    # integrated: p != 0: (rho_from^p - rho_to^p)/(p lr0 lam) (p = 1: SCIENCE.md's linear shrink by lr0 lam per step)
+    # integrated: p != 0: (rho_from^p - rho_to^p)/(p lr0 lam) (p = 1: docs/science.md's linear shrink by lr0 lam per step)
     if power != 0:
         return (rho_from**power - rho_to**power) / (power * lr0 * lam)
     # derived (same equation, p = 0): exponential decay, ln(rho_from/rho_to)/(lr0 lam)
@@ -208,7 +208,7 @@ def stationarity(lr, si_norm, *, lam: float, momentum: float = 0.0, steps_per_ep
     r, eta = rho[b - 1:stop], lr[b:stop]
     if not (np.isfinite(r).all() and np.isfinite(eta).all()):
         return no(f"non-finite lr or si_norm in epochs [{b - 1}, {stop})")
-    # derived: rho^2 under weight decay alone, (1 - eta lam)^2 per step (SCIENCE.md's norm identity, g = 0),
+    # derived: rho^2 under weight decay alone, (1 - eta lam)^2 per step (docs/science.md's norm identity, g = 0),
     # over S steps; with momentum eta -> eta/(1-mu) (_eta_eff)
     decay = r[:-1] ** 2 * (1.0 - (1.0 - _eta_eff(eta, momentum) * lam) ** (2 * S))
     total = float(decay.sum())

@@ -82,7 +82,7 @@ def h1_study(final_elr, stationary=lambda i: True):
 
 def test_h1_theory_fixed_point_refutes_one_value_and_recovers_the_exponents():
     rng = np.random.default_rng(0)
-    # SCIENCE.md: ELR* = lr0^0.4 (2 lam)^0.6 G^-1.2, with 5% measurement noise
+    # docs/science.md: ELR* = lr0^0.4 (2 lam)^0.6 G^-1.2, with 5% measurement noise
     runs, an = h1_study(lambda lr0, wd: lr0**0.4 * (2 * wd) ** 0.6 * 3.0**-1.2 * math.exp(0.05 * rng.standard_normal()))
     v = claims.evaluate_h1(runs, an)
     assert v.verdict == REFUTED, v.reason

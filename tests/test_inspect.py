@@ -1,7 +1,7 @@
 """elr.inspect (the per-run analysis) and `elr inspect`, on run directories simulated from the norm recursion.
 
 The simulated run is plain SGD on scale-invariant weights at the level of the norm: every step
-x_{t+1} = (1 - eta lam)^2 x_t + eta^2 G^2 / x_t (x = ||w||^2, SCIENCE.md's exact identity) with the
+x_{t+1} = (1 - eta lam)^2 x_t + eta^2 G^2 / x_t (x = ||w||^2, docs/science.md's exact identity) with the
 per-step angle eta G / x (a gradient orthogonal to w rotates it by ||eta g|| / ||w||), logged per epoch in
 the trainer's format. Its answers are known: the fixed point, the RMS angle sqrt(2 eta lam), stationarity.
 """
@@ -72,7 +72,7 @@ def test_the_seed_rule_run_theory_trajectory_and_fixed_point(tmp_path):
     path = simulate_run(tmp_path, "rule", lr=3.0, wd=5e-3, G=2.0, rho0=4.0, epochs=200, power=1)
     run = Run(path)
     a = analyse(run)
-    rho_star = (3.0 * 2.0**2 / (2 * 5e-3)) ** 0.2     # SCIENCE.md: rho*^5 = lr0 G^2 / (2 lam)
+    rho_star = (3.0 * 2.0**2 / (2 * 5e-3)) ** 0.2     # docs/science.md: rho*^5 = lr0 G^2 / (2 lam)
     assert a["power"] == 1 and a["predicted"]["rho"] == pytest.approx(rho_star, rel=1e-9)
     assert a["final"]["rho"] == pytest.approx(rho_star, rel=0.02) and a["stationary"]
     measured = run.series("elr_mean")

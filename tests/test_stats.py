@@ -349,7 +349,7 @@ def test_ols_degenerate_and_nan_rows():
 
 
 def test_binomial_sd():
-    assert stats.binomial_sd(0.5, 200) == pytest.approx(0.0354, abs=1e-4)   # SCIENCE.md: ±3.5 points
+    assert stats.binomial_sd(0.5, 200) == pytest.approx(0.0354, abs=1e-4)   # docs/science.md: ±3.5 points
     assert stats.binomial_sd(0.9, 1000) == pytest.approx(
         __import__("scipy").stats.binom.std(1000, 0.9) / 1000)
     assert stats.binomial_sd(1.0, 10) == 0.0

@@ -72,7 +72,7 @@ def test_seeds_rule_drifts_linearly_then_reaches_equilibrium_near_drift_steps():
     lr0, lam, G, spe = 0.5, 1e-2, 0.2, 10            # rho*^5 = lr0 G^2 / (2 lam) = 1 for p = 1
     rho_star = fixed_point(lr0, lam, G, power=1).rho
     rho = simulate_norm(10 * rho_star, lr0, lam, G, 1, spe, 400)[:, 0]
-    # far above equilibrium: a fall of lr0 lam per step (SCIENCE.md), measured from 10 rho* to 5 rho*
+    # far above equilibrium: a fall of lr0 lam per step (docs/science.md), measured from 10 rho* to 5 rho*
     e5 = int(np.argmax(rho < 5 * rho_star))
     fall_per_step = (10 * rho_star - rho[e5]) / ((e5 + 1) * spe)
     assert fall_per_step == pytest.approx(lr0 * lam, rel=0.03)
@@ -220,7 +220,7 @@ def test_momentum_relaxation_matches_heavy_ball(heavy_ball, i):
 # --------------------------------------------------------------------------------------- closed forms, domain
 @given(lr0=st.floats(1e-3, 1.0), lam=st.floats(1e-5, 1e-2), G=st.floats(1e-2, 10.0))
 def test_seeds_rule_equilibrium_elr_closed_form(lr0, lam, G):
-    # SCIENCE.md: for p = 1, ELR* = lr0^0.4 (2 lam)^0.6 G^-1.2, and the angle is ELR* G = sqrt(2 eta* lam)
+    # docs/science.md: for p = 1, ELR* = lr0^0.4 (2 lam)^0.6 G^-1.2, and the angle is ELR* G = sqrt(2 eta* lam)
     fp = fixed_point(lr0, lam, G, power=1)
     assert fp.elr == pytest.approx(lr0**0.4 * (2 * lam) ** 0.6 * G**-1.2, rel=1e-9)
     assert fp.angle == pytest.approx(fp.elr * G, rel=1e-9)
@@ -228,7 +228,7 @@ def test_seeds_rule_equilibrium_elr_closed_form(lr0, lam, G):
 
 @given(eta=st.floats(1e-3, 1.0), lam=st.floats(1e-5, 1e-2), G=st.floats(1e-2, 10.0), c=st.floats(0.1, 10.0))
 def test_constant_lr_equilibrium_respects_trajectory_equivalence(eta, lam, G, c):
-    # SCIENCE.md: (w0, eta, lam) and (c w0, c^2 eta, lam/c^2) are the same run, so rho* scales by c and the
+    # docs/science.md: (w0, eta, lam) and (c w0, c^2 eta, lam/c^2) are the same run, so rho* scales by c and the
     # ELR and the angle do not change (G = ||grad|| ||w|| is scale-free)
     a, b = fixed_point(eta, lam, G), fixed_point(c**2 * eta, lam / c**2, G)
     assert b.rho == pytest.approx(c * a.rho, rel=1e-9)
@@ -246,7 +246,7 @@ def test_no_equilibrium_gives_nan_everywhere(args):
 def test_relaxation_steps_edges():
     assert relaxation_steps(0.1, 0.0) == math.inf and relaxation_steps(0.0, 1e-3) == math.inf
     assert relaxation_steps(0.1, 1e-3, power=-4) == math.inf
-    assert relaxation_steps(0.1, 5e-4) == pytest.approx(5000)                     # SCIENCE.md: 1/(4 eta lam)
+    assert relaxation_steps(0.1, 5e-4) == pytest.approx(5000)                     # docs/science.md: 1/(4 eta lam)
     assert relaxation_steps(0.1, 5e-4, momentum=0.9) == pytest.approx(500)        # (1-mu)/(4 eta lam)
 
 
