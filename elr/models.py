@@ -50,7 +50,7 @@ class ConvNetSI(nn.Module):
 
     tipt0p/periodic_behavior_bn_wd nets/convnet_si.py (ConvNetDepth, max_depth=3). Their last layer has a
     bias, frozen at its random init by noninvlr=0; here it has none (a constant offset of the logits
-    plays no part in scale invariance), as SCIENCE.md states the model.
+    plays no part in scale invariance), as docs/science.md states the model.
     """
 
     def __init__(self, width: int = 32, num_classes: int = 10):

@@ -384,7 +384,7 @@ def ols(y, X, *, level: float = LEVEL) -> OLSFit:
 
 def binomial_sd(p: float, n: int) -> float:
     """sd of an accuracy p measured on n independent test images, sqrt(p(1-p)/n) (binomial proportion;
-    SCIENCE.md: 200 images at p = 0.5 give ±3.5 points). nan for n <= 0 or p outside [0, 1]."""
+    docs/science.md: 200 images at p = 0.5 give ±3.5 points). nan for n <= 0 or p outside [0, 1]."""
     p = float(p)
     if not (n > 0 and 0.0 <= p <= 1.0):
         return math.nan

@@ -46,7 +46,7 @@ def test_sgd_norm_identity(lr, wd, seed):
     w0 = net[0].weight.detach().numpy().copy()
     g = sgd_step(net, x, y, lr, wd).numpy()
     w1 = net[0].weight.detach().numpy()
-    # SCIENCE.md: ||w_{t+1}||^2 = (1 - eta*lam)^2 ||w_t||^2 + eta^2 ||g_t||^2 (needs <g, w> = 0)
+    # docs/science.md: ||w_{t+1}||^2 = (1 - eta*lam)^2 ||w_t||^2 + eta^2 ||g_t||^2 (needs <g, w> = 0)
     expected = (1 - lr * wd) ** 2 * np.sum(w0**2) + lr**2 * np.sum(g**2)
     assert np.sum(w1**2) == pytest.approx(expected, rel=1e-10)
 
@@ -66,7 +66,7 @@ def test_norm_never_decreases_without_weight_decay(lr, seed):
 @settings(max_examples=20)
 @given(c=st.floats(0.1, 10.0), lr=st.floats(1e-3, 0.5), wd=st.floats(1e-4, 0.05), seed=st.integers(0, 20))
 def test_trajectory_equivalence(c, lr, wd, seed):
-    """SCIENCE.md (van Laarhoven 2017): (w0, eta, lam) and (c w0, c^2 eta, lam/c^2) give the same function."""
+    """docs/science.md (van Laarhoven 2017): (w0, eta, lam) and (c w0, c^2 eta, lam/c^2) give the same function."""
     a, b = tiny_si_net(seed), tiny_si_net(seed)
     with torch.no_grad():
         b[0].weight.mul_(c)

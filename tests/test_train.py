@@ -226,7 +226,7 @@ def test_sigterm_checkpoints_at_the_epoch_end_and_resumes(tmp_path):
 
 def test_per_layer_rule_logs_each_layers_relaxation_time(tmp_path):
     """A per-layer rule gives each SI layer its own rate, hence its own clock: tau_l = 1 / ((4 + p) eta_l lam)
-    steps (SCIENCE.md, the rule's relaxation rate), in epochs."""
+    steps (docs/science.md, the rule's relaxation rate), in epochs."""
     cfg = RunConfig(**SMALL, epochs=2, batch_size=50, lr=0.3, weight_decay=5e-3, schedule="elr", elr_power=1,
                     elr_norm="si", elr_per_layer=True)
     train(cfg, tmp_path / "pl", progress=False)
