@@ -117,12 +117,12 @@ H6_MEANING = {
              "initial learning rate than plain SGD with weight decay, so on this evidence it reduces (not "
              "removes) the need to cross-validate lr0."),
     "refuted": ("For the seed's question this means: the rule does not reduce the sensitivity to lr0 — plain SGD "
-                "with weight decay at a constant lr already steers its own ELR to an equilibrium (SCIENCE.md, "
+                "with weight decay at a constant lr already steers its own ELR to an equilibrium (docs/science.md, "
                 "spherical motion dynamics), so the rule is not a substitute for cross-validating the learning "
                 "rate."),
     "inconclusive": ("For the seed's question this means: the study cannot yet say whether the rule can replace "
                      "cross-validation of the learning rate; plain SGD with weight decay steers its own ELR to an "
-                     "equilibrium too (SCIENCE.md), so the rule has to beat that, and it has not been shown to."),
+                     "equilibrium too (docs/science.md), so the rule has to beat that, and it has not been shown to."),
 }
 
 
@@ -381,7 +381,20 @@ def _png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     # "tight": titles and outside legends are never cut off
     fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None}, bbox_inches="tight", pad_inches=0.08)
-    return buf.getvalue()
+    return _palette_png(buf.getvalue())
+
+
+def _palette_png(png: bytes) -> bytes:
+    """The PNG as 256 colours (octree, no dithering): line plots on white look the same and take a third
+    of the bytes, which keeps a 26-run report.html well under 2 MB. The RGBA original where Pillow fails."""
+    try:
+        from PIL import Image
+        img = Image.open(io.BytesIO(png)).convert("RGB")
+        out = io.BytesIO()
+        img.quantize(colors=256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(out, format="PNG")
+        return out.getvalue()
+    except Exception:
+        return png
 
 
 def _grid(n: int, *, ncols: int | None = None, panel=(2.3, 1.75), sharex=True, sharey=False):
@@ -492,7 +505,7 @@ def _h1_figure(h1: dict, cat: Catalog) -> tuple[bytes | None, str]:
         return None, "H1 lists no ELR run with a measured ELR"
     rows.sort(key=lambda x: (x["wd"] or 0.0, x["lr0"] or 0.0))
     fig, axes = _run_grid(rows, sharey=True)
-    no_theory, keys = [], set()
+    no_theory, keys, n_star = [], set(), 0
     for ax, x in zip(axes, rows):
         run = cat.by_name[x["run"]]
         ex, y = _with_initial(run, "elr_mean", "elr")
@@ -505,10 +518,12 @@ def _h1_figure(h1: dict, cat: Catalog) -> tuple[bytes | None, str]:
         if pred is not None and np.isfinite(pred).any():
             ax.plot(_epochs(run), pred, color="k", linestyle="--", linewidth=1.0)
         else:
-            no_theory.append(cat.id(x["run"]))
+            no_theory.append((cat.id(x["run"]), "no epoch-0 record" if not run.initial else
+                              run_inspect.theory_applies(run)[1] or "the recursion gave no finite value"))
         star = _finite(x.get("elr_fixed_point"))
         if star is not None and star > 0:
             ax.axhline(star, color="#555555", linestyle=":", linewidth=1.2)
+            n_star += 1
         stat = "yes" if x.get("stationary") else "no"
         ax.set_title(f"{cat.id(x['run'])}: lr0 {_short(x['lr0'])}, λ {_short(x['wd'])}\nstationary: {stat}",
                      color="k" if x.get("stationary") else "#666666")
@@ -530,11 +545,12 @@ def _h1_figure(h1: dict, cat: Catalog) -> tuple[bytes | None, str]:
     caption = (f"ELR against theory, one panel per ELR run (rows λ, columns lr0 where the grid is complete); measured "
                f"ELR = {key}, log y shared across panels, epoch 0 = initialisation; dashed: the theory's trajectory "
                f"(inspect.predicted_elr: the norm recursion integrated from the epoch-0 norm with the run's measured "
-               f"G); dotted: the fixed point ELR* for the run's final G")
-    if no_theory:
-        caption += (f"; no theory line for {', '.join(no_theory)} (no epoch-0 record or the theory does not apply)"
-                    if len(no_theory) < len(rows) else
-                    "; no theory line in any panel (no epoch-0 records: runs made before they were logged)")
+               f"G), in {len(rows) - len(no_theory)} of {len(rows)} panels; dotted: the fixed point ELR* for the run's "
+               f"final G, in {n_star} of {len(rows)}")
+    if no_theory and {why for _, why in no_theory} == {"no epoch-0 record"} and len(no_theory) == len(rows):
+        caption += "; no theory line in any panel (no epoch-0 records: runs made before they were logged)"
+    elif no_theory:
+        caption += "; no theory line for " + ", ".join(f"{rid} ({why})" for rid, why in no_theory)
     return _png(fig), caption + "."
 
 
@@ -591,7 +607,8 @@ def _h2_controls_figure(h2: dict, cat: Catalog) -> tuple[bytes | None, str]:
             ax = axes[i, j]
             x, y = _with_initial(run, metric)
             ax.plot(x, y, color=_arm_info("control")[1], linewidth=1.0)
-            _log_y_if_positive(ax, [y]) if metric == "train_loss" else None
+            if metric == "train_loss":
+                _log_y_if_positive(ax, [y])
             _vlines(ax, ep, color=EPISODE_COLOR, alpha=0.55, linewidth=0.9, linestyle="-", zorder=0)
             pts = _at(x, y, ep)
             if pts:
@@ -631,14 +648,14 @@ def _h2_episodes_figure(h2: dict, cat: Catalog) -> tuple[bytes | None, str]:
     if not items:
         return None, "H2 lists no ELR run with a train loss"
     fig, axes = _run_grid(items, sharey=True)
-    values = []
+    values, n_marked = [], 0
     for ax, x in zip(axes, items):
         run = cat.by_name[x["run"]]
         e, y = _epochs(run), run.series("train_loss")
         values.append(y)
         ax.plot(e, y, color=ARMS["elr"][1], linewidth=0.9)
         ep = _list(x.get("episodes"))
-        _vlines(ax, ep, color=EPISODE_COLOR, alpha=0.5, linewidth=0.8, zorder=0)
+        n_marked += _vlines(ax, ep, color=EPISODE_COLOR, alpha=0.5, linewidth=0.8, zorder=0)
         if _finite(x.get("converged_epoch")) is not None:
             ax.axvline(float(x["converged_epoch"]), color="#888888", linestyle=":", linewidth=1.0)
         sens = _num(x.get("sensitivity"), 2)
@@ -659,7 +676,8 @@ def _h2_episodes_figure(h2: dict, cat: Catalog) -> tuple[bytes | None, str]:
                Line2D([], [], color="#888888", linestyle=":", label="train loss converged")]
     fig.subplots_adjust(hspace=0.7, wspace=0.25)
     _header(fig, "H2: destabilisation episodes per ELR run", handles, ncol=3)
-    return _png(fig), ("Train loss of every ELR run (log y, shared), the H2 detector's episodes as red lines, the "
+    return _png(fig), (f"Train loss of every ELR run (log y, shared), the H2 detector's episodes as red lines ({n_marked} "
+                       f"in {len(items)} runs), the "
                        "epoch the loss converged (analysis starts) dotted; panel titles: episodes found and the "
                        "detector's measured sensitivity (share of injected episode trains it calls periodic in this "
                        "run); periodic runs' titles in bold red.")
@@ -736,7 +754,7 @@ def _h3_figure(h3: dict, h6: dict, cat: Catalog) -> tuple[bytes | None, str]:
         ax.scatter(pos + jitter, y[order], s=26, color=_arm_info(arm)[1], edgecolors="k", linewidths=0.4, zorder=3,
                    marker="o" if arm != "sgd" else "s")
         ax.hlines(np.median(y), pos - 0.3, pos + 0.3, color="k", linewidth=1.5, zorder=4)
-        parts.append(f"{names[arm].split(chr(10))[0]}: n={len(y)}, median {np.median(y):.1f}%")
+        parts.append(f"{names[arm].splitlines()[0]}: n={len(y)}, median {np.median(y):.1f}%")
     ax.set_xticks(range(len(arms)), [names[a] for a, _ in arms])
     ax.set_xlim(-0.6, len(arms) - 0.4)
     ax.set_ylabel("final test accuracy (%)")
@@ -770,7 +788,10 @@ def _h3_blocks(blocks: list, h3: dict, h6: dict, cat: Catalog, fig) -> None:
         return
     ea, ba = _dict(h3.get("elr_acc")), _dict(h3.get("baseline_acc"))
     power = _dict(h3.get("power"))
-    med = lambda d: _pct(np.median([v for v in d.values() if _finite(v) is not None])) if d else "—"  # noqa: E731
+    def med(d):
+        vals = [_finite(v) for v in d.values() if _finite(v) is not None]
+        return _pct(np.median(vals)) if vals else "—"
+
     rows = [["runs per arm", f"ELR {len(ea)}, baseline {len(ba)}"],
             ["median final accuracy", f"ELR {med(ea)}, baseline {med(ba)}"],
             ["Hodges–Lehmann shift (ELR − baseline)", _num(h3.get("hodges_lehmann"))],
@@ -971,6 +992,8 @@ def _h6_figure(h6: dict, cat: Catalog) -> tuple[bytes | None, str]:
             ax.plot(lr, y, marker=marker, color=_arm_info(arm)[1], linewidth=1.2, markersize=5,
                     markeredgecolor="k", markeredgewidth=0.4)
         ax.set_xscale("log")
+        ax.set_xticks(lr, [_short(v) for v in lr])          # the grid's own lr0 values, not powers of ten
+        ax.xaxis.set_minor_formatter(NullFormatter())
         spread = _dict(per_wd.get(f"{wd:g}"))
         title = f"λ {_short(wd)}"
         if spread:
@@ -986,9 +1009,9 @@ def _h6_figure(h6: dict, cat: Catalog) -> tuple[bytes | None, str]:
                       label="plain SGD twin (constant lr)")]
     fig.subplots_adjust(wspace=0.25)
     _header(fig, "H6: final accuracy against lr0, ELR rule vs plain SGD", handles, ncol=2)
-    return _png(fig), ("Final test accuracy against lr0, one panel per λ (log x): the ELR rule against its plain-SGD "
-                       "twin started at the same step size, cells paired; titles: the spread (sd over lr0) per arm "
-                       "in accuracy points.")
+    return _png(fig), (f"Final test accuracy against lr0, one panel per λ (log x): the ELR rule against its plain-SGD "
+                       f"twin started at the same step size, {len(cells)} cells paired; titles: the spread (sd over "
+                       f"lr0) per arm in accuracy points.")
 
 
 def _h6_blocks(blocks: list, h6: dict, verdict: str, cat: Catalog, fig) -> None:
