@@ -278,8 +278,10 @@ def evaluate_h2(runs: list[Run], an: dict) -> Verdict:
     ok, problem, controls = control_check(runs, an, positive=lambda a: a["periodic"], negative=lambda a: a["periodic"])
     for c in controls.values():
         ca = an[c["run"]]
-        c.update(episodes=ca["episodes"], period=ca["period_epochs"],
-                 sensitivity=(ca["episode_detail"] or {}).get("sensitivity"))
+        d = ca["episode_detail"] or {}
+        c.update(episodes=ca["episodes"], period=ca["period_epochs"], sensitivity=d.get("sensitivity"),
+                 irregularity=d.get("irregularity"), surrogate_p=d.get("surrogate_p"),
+                 analysable=d.get("analysable"), reason=d.get("reason", ""))
     p = min(adjusted.values()) if adjusted else None
     association = _h2_association([r for r in elr_runs if r.name in analysable], set(periodic))
     details = {"runs": per_run, "controls": controls, "association": association,
@@ -289,7 +291,7 @@ def evaluate_h2(runs: list[Run], an: dict) -> Verdict:
     frac, ci = stats.proportion_ci(k, len(analysable))
     numbers = (f"{k} of {len(analysable)} analysable ELR runs periodic (of {len(elr_runs)}; analysable = train loss "
                f"converged): >= {detectors.MIN_EPISODES} episodes (loss spike with a norm jump and an ELR drop), "
-               f"local irregularity <= {detectors.MAX_IRREGULARITY:g}, surrogate p (increments shuffled) < {ALPHA:g} "
+               f"local irregularity <= {detectors.MAX_IRREGULARITY:g}, surrogate p (the same number of episodes at random epochs) < {ALPHA:g} "
                f"after Holm across runs; claim p = {_fmt(p)}. Sensitivity to injected episodes >= "
                f"{MIN_SENSITIVITY:g} in {len(sensitive)} of {len(analysable)}. {association['summary']}")
     if not ok:

@@ -86,7 +86,7 @@ DECISIONS = {
            f"theory's prediction for that run (within {math.exp(claims.H1_THEORY_TOL):g}x)."),
     "H2": (f"Per ELR run whose train loss converged, destabilisation episodes (a train-loss spike with a norm jump "
            f"and an ELR drop) are detected; a run is periodic with >= {detectors.MIN_EPISODES} episodes, local "
-           f"irregularity <= {detectors.MAX_IRREGULARITY:g} and a surrogate p (increments shuffled) < "
+           f"irregularity <= {detectors.MAX_IRREGULARITY:g} and a surrogate p (the same number of episodes at random epochs) < "
            f"{claims.ALPHA:g} after Holm across the ELR runs; held when any run is periodic, refuted when none is "
            f"among >= {claims.H2_MIN_RUNS} runs where the detector finds >= {claims.MIN_SENSITIVITY:.0%} of injected "
            f"episodes, inconclusive when the detector fails its controls (the periodic control must show "

@@ -105,12 +105,14 @@ def expand(design: Design, scale_name: str, *, seeds: int = 1, data: str | None 
     for name, settings in (design.controls or {}).items():
         settings = dict(settings)
         settings.update(settings.pop("by_scale", {}).get(scale_name, {}))
+        settings["epochs"] = int(round(settings.pop("epochs_factor", 1) * base["epochs"]))
         arms.append((f"control-{name}", "control", settings, {"control": name}))
     out = []
     for seed in range(seeds):
         for i, (name, group, settings, labels) in enumerate(arms):
             run_name = f"{i:02d}-{name}" + (f"-s{seed}" if seeds > 1 else "")
-            cfg = {**base, **settings, **schedule_settings(settings["schedule"], base["epochs"]), "seed": seed,
+            cfg = {**base, **settings, **schedule_settings(settings["schedule"], settings.get("epochs", base["epochs"])),
+                   "seed": seed,
                    "labels": {"group": group, "scale": scale_name, "config_id": name, **labels}}
             if group == "sgd":  # the twin's first step size, from the same initial weights
                 twin = RunConfig.from_dict({**cfg, **elr, "lr": labels["lr0"]})

@@ -8,120 +8,6 @@ from hypothesis import strategies as st
 from elr import detectors as D
 
 
-def elr_sawtooth(n, period, seed=0, noise=0.05):
-    """Log-linear rise over a period, then collapse (the ELR in Lobacheva et al. 2021's periodic regime)."""
-    t = np.arange(n)
-    rng = np.random.default_rng(seed)
-    return np.exp(np.log(1e-3) + 2.0 * (t % period) / period + noise * rng.standard_normal(n))
-
-
-def loss_spike_train(n, period, offset=3, seed=0):
-    """A train loss near 0.01 spiking to ~0.5 every period, decaying over 5 epochs."""
-    t = np.arange(n)
-    rng = np.random.default_rng(seed)
-    return 0.01 + 0.5 * np.exp(-((t - offset) % period) / 5.0) * np.exp(0.03 * rng.standard_normal(n))
-
-
-# ---------------------------------------------------------------------------------------------- periodicity
-
-def test_sawtooth_found_at_its_period_with_slow_rise_sharp_fall():
-    y = elr_sawtooth(300, 25)
-    r = D.periodicity(y)
-    assert r.periodic, r.reason
-    assert r.period == pytest.approx(25, abs=1)
-    expected = np.arange(24, 300, 25)                          # last epoch before each collapse
-    expected = expected[(expected >= 30) & (expected < 299)]    # first 10% skipped; an end is no peak
-    assert len(r.peaks) == len(expected) and np.all(np.abs(r.peaks - expected) <= 1)
-    assert r.asymmetry > 0.5                                    # slow rise, sharp fall
-    assert r.cv < 0.1 and r.surrogate_p < 0.05
-
-
-def test_loss_spikes_found_with_sharp_rise_slow_fall():
-    r = D.periodicity(loss_spike_train(300, 30))
-    assert r.periodic, r.reason
-    assert r.period == pytest.approx(30, abs=1)
-    assert np.all((r.peaks - 3) % 30 == 0)                      # exactly at the spikes
-    assert r.asymmetry < -0.5
-
-
-@pytest.mark.parametrize("seed", range(10))
-def test_white_noise_is_not_periodic(seed):
-    r = D.periodicity(np.random.default_rng(seed).standard_normal(500))
-    assert not r.periodic, r.reason
-
-
-@pytest.mark.parametrize("noise", [0.0, 1e-3])
-def test_smooth_decay_is_not_periodic(noise):
-    t = np.arange(400)
-    y = 2.3 * np.exp(-t / 40) + 0.05 + noise * np.random.default_rng(0).standard_normal(t.size)
-    r = D.periodicity(y)
-    assert not r.periodic, r.reason
-
-
-def test_surrogate_check_rejects_noise_that_passes_the_other_criteria():
-    # With a low prominence bar and no regularity bar, white noise always has enough "spikes";
-    # only the surrogate test stands between it and a periodic verdict: it may pass ~alpha of the time.
-    passed = sum(D.periodicity(np.random.default_rng(s).standard_normal(200), k=1.0, max_cv=np.inf,
-                               n_surrogates=99).periodic for s in range(40))
-    assert passed <= 6                                          # binomial(40, 0.05): P(> 6) ≈ 0.01
-
-
-def test_random_walk_rarely_periodic():
-    # red noise, once detrended, shows quasi-regular bumps (shuffled surrogates alone pass ~16% of these
-    # walks); the random-walk surrogates bring that back to about alpha
-    passed = sum(D.periodicity(np.cumsum(np.random.default_rng(s).standard_normal(300)),
-                               n_surrogates=99).periodic for s in range(100))
-    assert passed <= 10                                         # binomial(100, 0.05): P(> 10) ≈ 0.01
-
-
-@pytest.mark.parametrize("seed", [2, 3])
-def test_jittered_spikes_are_not_regular_enough(seed):
-    # spikes at intervals drawn from 10..50 epochs: more regular than chance (surrogate p < 0.05 for these
-    # seeds) but interval CV ~0.44 > MAX_CV: quasi-periodic, not periodic
-    rng = np.random.default_rng(seed)
-    n, t, spikes = 600, 30, []
-    while t < n - 5:
-        spikes.append(t)
-        t += int(rng.integers(10, 51))
-    e = np.arange(n)
-    y = 0.01 + sum(np.where(e >= s, 0.5 * np.exp(-(e - s) / 3.0), 0.0) for s in spikes)
-    y = y * np.exp(0.03 * rng.standard_normal(n))
-    r = D.periodicity(y)
-    assert not r.periodic and "irregular" in r.reason
-    assert D.periodicity(y, max_cv=np.inf).surrogate_p < 0.05
-
-
-def test_long_series_have_no_spurious_spikes():
-    # 9,000 epochs: with a fixed 5-sd bar, noise on the ramps adds 3-6 spikes that break the regularity
-    z = elr_sawtooth(9000, 300, seed=1)
-    expected = np.arange(299, 8999, 300)
-    expected = expected[expected >= 900]
-    found = D.spikes(z)
-    # the top of a noisy ramp rising 0.0067 per epoch against noise 0.05 is located to within ~15 epochs
-    assert len(found) == len(expected) and np.all(np.abs(found - expected) <= 20)
-
-
-def test_short_constant_and_nan_series_are_handled():
-    r = D.periodicity(elr_sawtooth(15, 3))
-    assert not r.periodic and r.reason.startswith("too short")
-    assert not D.periodicity(np.ones(100)).periodic
-    assert not D.periodicity([]).periodic
-    y = elr_sawtooth(300, 25)
-    y[200:] = np.nan                                            # a diverged run: analysed up to the NaN
-    r = D.periodicity(y)
-    assert r.periodic and r.peaks.max() < 200
-    assert D.spikes(np.ones(5)).size == 0
-
-
-@given(period=st.integers(8, 40), seed=st.integers(0, 10_000))
-@settings(max_examples=8)
-def test_sawtooth_period_recovered(period, seed):
-    y = elr_sawtooth(12 * period, period, seed=seed)
-    r = D.periodicity(y, n_surrogates=49, seed=seed)
-    assert r.periodic, r.reason
-    assert r.period == pytest.approx(period, abs=1)
-
-
 # ---------------------------------------------------------------------------------------------- drop and recovery
 
 def flat_with_dip(n=120, dip=60, depth=0.15, recover=5, noise=0.002, seed=0):
@@ -224,7 +110,7 @@ def test_drifting_period_is_periodic_though_its_global_cv_is_not():
         times.append(int(t))
         t += 8 * 4 ** ((t - 50) / 530) + rng.integers(-1, 2)
     d = np.diff(times)
-    assert np.std(d, ddof=1) / np.mean(d) > D.MAX_CV
+    assert np.std(d, ddof=1) / np.mean(d) > 0.35        # above any global-CV bar that keeps out Poisson times
     r = D.episodes(*D.inject_episodes(*quiet_run(n=600), times))
     assert r.periodic and r.irregularity < 0.2, r.reason
 
@@ -241,7 +127,11 @@ def test_episodes_need_all_three_signs():
     times = np.arange(60, 290, 20)
     l2, r2, e2 = D.inject_episodes(loss, rho, elr, times)
     assert D.episodes(l2, rho, elr).episodes.size == 0          # loss spikes alone
-    assert D.episodes(loss, r2, e2).episodes.size == 0          # norm steps alone
+    # norm steps alone: at a log-loss jitter of 0.2 the 3-sd loss bar (0.6) is passed by chance in ~3% of
+    # epochs, so a few of the 11 steps (each a candidate over 3 epochs) are confirmed: seed 0, 4 (irregular)
+    assert D.episodes(loss, r2, e2).episodes.size <= 4 and not D.episodes(loss, r2, e2).periodic
+    quiet, rho_q, elr_q = quiet_run(noise=0.05)                 # ln 1.5 is 5.7 sd of a loss difference
+    assert D.episodes(quiet, *D.inject_episodes(quiet, rho_q, elr_q, times)[1:]).episodes.size == 0
     assert D.episodes(l2, r2, elr).episodes.size == 0           # no ELR drop
     assert D.episodes(l2, r2, e2, n_surrogates=19).periodic is False   # smallest p 0.05 is not < 0.05
 
@@ -266,3 +156,83 @@ def test_episodes_edge_cases():
     assert not D.episodes([], [], []).analysable and not D.episodes([1.0, 0.5], [1, 1], [1, 1]).analysable
     flat = D.episodes(np.full(300, 2.3), r2, e2)
     assert not flat.analysable and flat.converged is None and "never converged" in flat.reason
+
+
+def test_rolling_median_truncates_its_window_at_the_ends():
+    # an extreme first increment (the last of the initial transient) must not become the first drifts
+    x = np.r_[5.0, np.full(30, -1.0)]
+    m = D._rolling_median(x, 15)
+    assert np.all(m == -1.0)
+    x = np.random.default_rng(0).standard_normal(40)
+    expected = [np.median(x[max(0, i - 7): i + 8]) for i in range(40)]
+    assert np.allclose(D._rolling_median(x, 15), expected)
+    assert np.allclose(D._rolling_median(np.stack([x, 2 * x]), 15), [expected, 2 * np.array(expected)])
+
+
+def test_episode_at_the_window_start_is_found():
+    # the first epochs after convergence: the drift there is estimated from the epochs that exist
+    loss, rho, elr = quiet_run()
+    c = D.episodes(loss, rho, elr).converged
+    times = c + np.array([2, 22, 42, 62, 82])
+    r = D.episodes(*D.inject_episodes(loss, rho, elr, times))
+    assert np.array_equal(r.episodes, times), r.reason
+
+
+def test_a_pause_in_the_norm_decay_is_no_jump():
+    # a loss spike while the norm's decay merely slows (the norm still falls) is not an episode, however
+    # far the norm is above its drift; nor is a norm that rises above its drift but no ELR drop below its own
+    loss, rho, elr = quiet_run()
+    times = np.arange(60, 290, 20)
+    l2, _, _ = D.inject_episodes(loss, rho, elr, times)
+    dr = np.full(300, -0.02)                                    # a norm decaying 2% per epoch ...
+    dr[times] = -0.002                                          # ... paused to 0.2% at each spike: +1.8% vs drift
+    r2 = 10.0 * np.exp(np.cumsum(dr))
+    assert D.episodes(l2, r2, 0.3 / r2**2).episodes.size == 0
+    dr[times] = 0.002                                           # the same, rising 0.2%: a (small) jump
+    r2 = 10.0 * np.exp(np.cumsum(dr))
+    assert np.array_equal(D.episodes(l2, r2, 0.3 / r2**2).episodes, times)
+    _, r3, _ = D.inject_episodes(loss, rho, elr, times)
+    assert D.episodes(l2, r3, elr * np.exp(0.01 * np.arange(300))).episodes.size == 0
+
+
+def test_elr_drop_is_measured_against_its_drift():
+    # an lr rising 6% per epoch (as under an ELR rule, in a steep stretch): the ELR rises 7% per epoch between
+    # episodes, and an episode's 3% norm step (ELR -5.9%) leaves it still rising (+1.1%), though 5.9%
+    # below its drift: a drop, which a fall below the previous epoch's value would not see
+    loss, rho, elr = quiet_run()
+    times = np.arange(60, 290, 20)
+    l2, r2, e2 = D.inject_episodes(loss, rho, elr, times)
+    e2 = e2 * np.exp(0.06 * np.arange(300))
+    q = np.log(e2)
+    assert np.all(np.minimum.reduce([q[times], q[times + 1], q[times + 2]]) > q[times - 1])   # no absolute fall
+    r = D.episodes(l2, r2, e2)
+    assert r.periodic and np.array_equal(r.episodes, times), r.reason
+
+
+# ---------------------------------------------------------------------------------------------- surrogates
+
+def test_placements_are_uniform_and_keep_the_spacing():
+    rng = np.random.default_rng(0)
+    ep = D._placements(200, 12, 500, rng)
+    d = np.diff(ep, axis=1)
+    assert ep.shape == (500, 12) and d.min() >= D.MIN_SPACING and ep.min() >= 1 and ep.max() <= 199
+    # n = 2 + 2·MIN_SPACING + 1 leaves 4 placements of 3 episodes: (1|2, .., ..) etc.; each ~1/4 of draws
+    n = 2 * D.MIN_SPACING + 3
+    ep = D._placements(n, 3, 4000, rng)
+    _, counts = np.unique(ep, axis=0, return_counts=True)
+    assert counts.size == 4 and np.all(np.abs(counts / 4000 - 0.25) < 0.03)
+    one = D._placements(n - 1, 3, 10, rng)                     # exactly one placement left
+    assert np.all(one == [1, 1 + D.MIN_SPACING, 1 + 2 * D.MIN_SPACING])
+    assert D._placements(n - 2, 3, 10, rng) is None             # none
+
+
+def test_surrogate_p_is_uniform_under_its_null():
+    # trains drawn from the null itself: p <= 0.05 in about 5% of them (exact up to ties and Monte Carlo)
+    rng = np.random.default_rng(1)
+    ps = np.array([D._episode_p(250, 15, D._irregularity(ep), n_surrogates=199, seed=i)
+                   for i, ep in enumerate(D._placements(250, 15, 300, rng))])
+    assert 0.02 <= np.mean(ps <= 0.05) <= 0.09 and 0.4 <= np.mean(ps <= 0.5) <= 0.6
+    # a strictly periodic train is more regular than every placement: the smallest p
+    assert D._episode_p(250, 15, 0.0, n_surrogates=1999, seed=0) == pytest.approx(1 / 2000)
+    assert D._episode_p(250, 2, 0.0, n_surrogates=99, seed=0) == 1.0
+

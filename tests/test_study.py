@@ -56,12 +56,15 @@ def test_design_expands_to_the_seeds_16_configurations_the_sgd_arm_and_controls(
     assert controls["periodic"].weight_decay > 0 and controls["smooth"].weight_decay == 0
     full = {c.labels["control"]: c for _, c in expand(design, "full") if c.labels["group"] == "control"}
     assert (full["periodic"].lr, full["periodic"].weight_decay) == (0.01, 1e-3)  # the scale's override
+    assert controls["periodic"].epochs == controls["smooth"].epochs == 2 * elr[0].epochs   # epochs_factor 2
+    assert full["periodic"].epochs == full["smooth"].epochs == 10_000                      # the full scale's 1
     # a scale changes model, data and epochs (and the epoch-proportional schedule lengths), nothing else;
     # the sgd twins' lr follows the model's initial norm
     ignore = {"model", "width", "data", "subset", "test_subset", "epochs", "labels", "step_size", "milestones",
               "gamma", "warmup_epochs", "plateau_patience"}
     for (_, a), (_, b) in zip(runs, expand(design, "cpu")):
         drop = ignore | ({"lr"} if a.labels["group"] == "sgd" else set())
+        assert a.labels == {**b.labels, "scale": "smoke", **({"matched_lr": a.lr} if "matched_lr" in a.labels else {})}
         assert {k: v for k, v in a.identity().items() if k not in drop} == \
                {k: v for k, v in b.identity().items() if k not in drop}
     assert len(expand(design, "smoke", seeds=3)) == 78
