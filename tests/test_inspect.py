@@ -128,3 +128,18 @@ def test_the_angle_law_is_judged_by_an_rms_not_a_median(tmp_path):
     assert a["angle"]["rms"] == pytest.approx(rms, rel=1e-9)
     assert a["angle_rms_over_predicted"] == pytest.approx(rms / pred, rel=1e-9)
     assert a["angle_rms_over_predicted"] > 1.5 * np.median([r["angular_update_rms"] for r in w]) / pred
+
+
+def test_the_fixed_point_uses_the_rms_of_g_over_the_window(tmp_path):
+    """rho*^4 = eta E[G^2] / (2 lam) is a mean-square balance: a heavy-tailed G (quiet epochs, loud ones)
+    enters through its RMS over the window, not its median."""
+    path = simulate_run(tmp_path, "g")
+    lines = [json.loads(x) for x in (path / runs.METRICS).read_text().splitlines()]
+    for r in lines[1:]:
+        r["effective_grad_norm_rms"] = 8.0 if r["epoch"] % 5 == 0 else 1.0
+    (path / runs.METRICS).write_text("".join(runs.dumps(r) + "\n" for r in lines))
+    a = analyse(Run(path), sensitivity=False)
+    w = [r for r in lines[1:] if a["angle"]["window"][0] <= r["epoch"] <= a["angle"]["window"][1]]
+    g2 = np.mean([r["effective_grad_norm_rms"] ** 2 for r in w])
+    eta = np.mean([r["lr_si"] for r in w])
+    assert a["predicted"]["rho"] == pytest.approx((eta * g2 / (2 * 5e-3)) ** 0.25, rel=1e-9)
