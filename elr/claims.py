@@ -199,9 +199,11 @@ def evaluate_h1(runs: list[Run], an: dict) -> Verdict:
     moving = [x for x in rows if not x["stationary"] and x["moved"] is not None]
     barely = [x for x in moving if abs(x["moved"]) <= H1_BARELY]
     explained = [x for x in moving if x["predicted_move"] is not None and abs(x["moved"] - x["predicted_move"]) <= H1_THEORY_TOL]
+    unknown = sum(1 for x in rows if not x["stationary"] and x["moved"] is None)
     observation = (f"The seed's observation: {len(barely)} of {len(moving)} non-stationary ELR runs moved their ELR by "
                    f"less than 2x over the run; the theory (norm recursion with the run's measured G) predicted the "
-                   f"final ELR within 1.5x in {len(explained)} of {len(moving)}.")
+                   f"final ELR within 1.5x in {len(explained)} of {len(moving)}"
+                   + (f"; {unknown} more have no epoch-0 record, so how far they moved is unknown." if unknown else "."))
     details = {"runs": rows, "margin": H1_MARGIN, "theory_slopes": H1_THEORY_SLOPES, "fit": None,
                "observation": {"n_moving": len(moving), "n_barely": len(barely), "n_explained": len(explained)}}
     predictors = [k for k in ("lr0", "weight_decay") if len({x[k] for x in stationary}) >= 2]
@@ -395,8 +397,8 @@ def evaluate_h4(runs: list[Run], an: dict) -> Verdict:
     # the smooth control is not known to be free of drops (no weight decay does not forbid them): report only
     if "smooth" in controls:
         controls["smooth"]["expected"] = None
-        problem = "; ".join(x for x in problem.split("; ") if "smooth" not in x)
-        ok = not problem
+    problem = "; ".join(x for x in problem.split("; ") if x and "smooth" not in x)
+    ok = not problem
     for c in controls.values():
         c["events"] = an[c["run"]]["drops"]["events"]
     details = {"runs": per_run, "controls": controls,
