@@ -188,8 +188,10 @@ def analyse(run: Run, *, sensitivity: bool = True, seed: int = 0) -> dict:
                      "G_rms": _num(g_rms)}
         tau_epochs = _num(theory.relaxation_steps(fp.eta if eff_p else lr_for_fp, lam, power=eff_p,
                                                   momentum=mu) / spe)
-        if eff_p and initial["rho"] and fp.rho < initial["rho"]:
-            drift_epochs = _num(theory.drift_steps(initial["rho"], fp.rho, lr_for_fp, lam, power=eff_p) / spe)
+        if eff_p and final["rho"] and fp.rho < final["rho"]:
+            # docs/science.md: far above rho* the rule shrinks the norm by weight decay alone (linearly for p = 1):
+            # the epochs still needed from the run's final norm down to rho*
+            drift_epochs = _num(theory.drift_steps(final["rho"], fp.rho, lr_for_fp, lam, power=eff_p) / spe)
         rho_full = np.concatenate([[initial["rho"] or np.nan], rho])
         st = theory.stationarity(np.concatenate([[np.nan], rate]), rho_full, lam=lam, momentum=mu,
                                  steps_per_epoch=int(round(spe)), start=start + 1, stop=stop + 1)
@@ -257,7 +259,8 @@ def summary_text(a: dict) -> str:
         pr, st, an = a["predicted"], a["stationarity"], a["angle"]
         lines.append(f"theory (fixed point for the window's RMS G {f(pr['G_rms'])}): norm {f(pr['rho'])}, ELR {f(pr['elr'])}, "
                      f"rate {f(pr['eta'])}; relaxation time tau {f(a['tau_epochs'])} epochs, the run covered "
-                     f"{f(a['n_tau'])} tau" + (f"; drift down from the initial norm ~{f(a['drift_epochs'])} epochs"
+                     f"{f(a['n_tau'])} tau" + (f"; from its final norm the weight-decay drift still needs ~{f(a['drift_epochs'])} "
+                                               f"epochs to reach the fixed point"
                                                if a["drift_epochs"] else ""))
         lines.append(f"stationary: {'yes' if st['stationary'] else 'no'} (norm balance over epochs {st['window'][0]}-"
                      f"{st['window'][1]}{', whole cycles' if st['whole_cycles'] else ''}): {st['reason']}")
