@@ -143,3 +143,13 @@ def test_the_fixed_point_uses_the_rms_of_g_over_the_window(tmp_path):
     g2 = np.mean([r["effective_grad_norm_rms"] ** 2 for r in w])
     eta = np.mean([r["lr_si"] for r in w])
     assert a["predicted"]["rho"] == pytest.approx((eta * g2 / (2 * 5e-3)) ** 0.25, rel=1e-9)
+
+
+def test_a_seed_rule_run_far_above_equilibrium_reports_its_remaining_linear_drift(tmp_path):
+    # p = 1 far above rho*: the norm shrinks by lr0 * lam per step (docs/science.md), so from the final norm
+    # the drift needs (rho_final - rho*) / (lr0 lam) steps
+    a = analyse(Run(simulate_run(tmp_path, "drift", lr=3.0, wd=5e-4, G=2.0, rho0=60.0, epochs=40, power=1)),
+                sensitivity=False)
+    rho_star, rho_final = a["predicted"]["rho"], a["final"]["rho"]
+    assert rho_final > 2 * rho_star and not a["stationary"]
+    assert a["drift_epochs"] == pytest.approx((rho_final - rho_star) / (3.0 * 5e-4) / 8, rel=1e-9)
