@@ -27,6 +27,10 @@ import numpy as np
 # it) agree within 20% over the window. At constant G, D = (rho*/rho)^(4+p) - 1, so this is rho within ~5% of
 # rho* (p = 0..2), while a run still relaxing from 2 rho* has D ~ -0.94.
 STATIONARY_TOL = 0.2
+# The balance is only a measurement when weight decay acts over the window: it must shrink rho^2 by >= 10% on its
+# own (the window spans >= ~0.1 / (2 eta lam) steps, a fifth of a relaxation time). Below that both sides of the
+# balance are ~0, and a frozen norm (a schedule that decayed the lr to ~0) would pass for an equilibrium.
+MIN_WINDOW_DECAY = 0.1
 
 # 4 + p must be > 0: below it the rule's fixed point is unstable (relaxation rate (4+p)*eta*lam <= 0).
 MIN_STABLE_POWER = -4
@@ -185,8 +189,9 @@ def stationarity(lr, si_norm, *, lam: float, momentum: float = 0.0, steps_per_ep
     Since rho^2 changes by (gradient injections) - (decay), D = injections/decay - 1:
     D ~ 0: the gradient term balances the decay (stationary); D ~ -1: pure weight-decay shrink (far above
     equilibrium); D > 0: rho^2 grows (below equilibrium). stationary = |D| <= tol. For a run in a periodic
-    cycle pick a window of whole cycles. Non-finite values in the window, lam <= 0 or a window without a
-    whole epoch -> stationary False (D nan) with the reason.
+    cycle pick a window of whole cycles. Non-finite values in the window, lam <= 0, a window without a
+    whole epoch, or a window over which weight decay alone shrinks rho^2 by < MIN_WINDOW_DECAY -> stationary
+    False with the reason.
     """
     window = (int(start), int(stop))
     lr, rho = np.asarray(lr, dtype=np.float64).ravel(), np.asarray(si_norm, dtype=np.float64).ravel()
@@ -216,6 +221,11 @@ def stationarity(lr, si_norm, *, lam: float, momentum: float = 0.0, steps_per_ep
         return no(f"weight decay shrinks nothing over epochs [{b}, {stop}) (sum of decay {total:g})")
     change = float(r[-1] ** 2 - r[0] ** 2)
     D = change / total
+    shrink = total / float(np.mean(r[:-1] ** 2))
+    if shrink < MIN_WINDOW_DECAY:
+        return Stationarity(D, False, window, f"weight decay alone would shrink rho^2 by only {shrink:.2%} over epochs "
+                                              f"[{b}, {stop}) (>= {MIN_WINDOW_DECAY:.0%} needed): too slow a clock to tell "
+                                              "a balance from a frozen norm")
     ok = abs(D) <= tol
     kind = "stationary" if ok else ("shrinking: above equilibrium" if D < 0 else "growing: below equilibrium")
     return Stationarity(D, ok, window, f"D = {D:.3g} over epochs [{b}, {stop}) ({kind}; |D| <= {tol:g} needed): "

@@ -296,3 +296,14 @@ def test_stationarity_refuses_what_it_cannot_measure():
     assert not s.stationary and s.reason == "no weight decay: no equilibrium"
     s = stationarity(lr, rho, lam=LAM_S, steps_per_epoch=SPE_S, start=20, stop=41)
     assert not s.stationary and "no whole epoch" in s.reason
+
+
+def test_a_frozen_norm_is_not_an_equilibrium():
+    """A schedule that decayed the lr to ~0 freezes the norm: both sides of the balance vanish and D ~ 0, but
+    the run has not relaxed (its tau dwarfs the window). Stationarity needs weight decay to act over the window."""
+    rho, lr = np.full(40, 25.5), np.full(40, 1e-8)
+    s = stationarity(lr, rho, lam=1e-3, steps_per_epoch=8, start=20, stop=40)
+    assert not s.stationary and "frozen" in s.reason
+    # the same constant norm with a working rate is a balance: weight decay shrinks rho^2 by ~1 - e^-1.3 here
+    s = stationarity(np.full(40, 0.4), rho, lam=1e-2, steps_per_epoch=8, start=20, stop=40)
+    assert s.stationary and s.drift_ratio == pytest.approx(0.0)
