@@ -23,7 +23,7 @@ model = "convnet_si"
 width = 2
 data = "synthetic"
 subset = 60
-epochs = 21
+epochs = 12
 """
 
 
