@@ -23,7 +23,7 @@ import math
 import numpy as np
 from scipy import stats as st
 
-from elr import detectors, stats
+from elr import detectors, stats, theory
 from elr.inspect import analyse, final_value, predicted_elr
 from elr.runs import Run
 from elr.verdict import HELD, INCONCLUSIVE, REFUTED, Verdict
@@ -211,7 +211,7 @@ def evaluate_h1(runs: list[Run], an: dict) -> Verdict:
     if not predictors or len(stationary) < len(predictors) + 3:
         return _verdict("H1", INCONCLUSIVE, runs=used, details=details, reason=(
             f"{len(stationary)} of {len(elr_runs)} ELR runs measured stationary (norm balance closing within "
-            f"{20}% over whole cycles); the regression on log lr0 and log λ needs >= predictors + 3 such runs "
+            f"{theory.STATIONARY_TOL:.0%} over whole cycles); the regression on log lr0 and log λ needs >= predictors + 3 such runs "
             f"spanning >= 2 values of each. {observation}"))
     y = np.log([x["elr_final"] for x in stationary])
     X = np.log([[x[k] for k in predictors] for x in stationary])
