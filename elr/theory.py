@@ -32,6 +32,11 @@ STATIONARY_TOL = 0.2
 # balance are ~0, and a frozen norm (a schedule that decayed the lr to ~0) would pass for an equilibrium.
 MIN_WINDOW_DECAY = 0.1
 
+# Above a per-step angle eta G / rho^2 of 0.1 rad (ELR * G) the continuous limit of the norm recursion is off by
+# more than ~1% per step, and at the start of a high-lr run a single step can multiply the norm: evolve_norm
+# steps the exact plain-SGD recursion through such epochs.
+LARGE_STEP = 0.1
+
 # 4 + p must be > 0: below it the rule's fixed point is unstable (relaxation rate (4+p)*eta*lam <= 0).
 MIN_STABLE_POWER = -4
 
@@ -143,7 +148,8 @@ def evolve_norm(rho0: float, lr0: float, lam: float, G, *, power: float, steps_p
 
     Within an epoch eta is constant and the continuous limit of the norm balance is solved exactly: rho^4
     relaxes at rate 4 eta lam/(1-mu) per step to the constant-eta fixed point (lam > 0), or grows linearly
-    (lam = 0). `G` is a scalar or an array of length `epochs` (a measured per-epoch series; G = 0 is pure
+    (lam = 0); an epoch whose per-step angle eta G / rho^2 exceeds LARGE_STEP (plain SGD) steps the exact
+    recursion instead. `G` is a scalar or an array of length `epochs` (a measured per-epoch series; G = 0 is pure
     decay). Invalid inputs (rho0 <= 0, lr0 <= 0, lam < 0, momentum outside [0, 1)) give all-nan; a nan in G
     makes that epoch and every later one nan. Raises ValueError only for a G array of the wrong length.
     """
@@ -163,7 +169,14 @@ def evolve_norm(rho0: float, lr0: float, lam: float, G, *, power: float, steps_p
     for e in range(epochs):
         eta = lr0 * y ** (-power / 4)     # the rule's rate for this epoch (rule.rule_lr, set at the epoch start)
         eta_eff = _eta_eff(eta, momentum)
-        if lam == 0:
+        if momentum == 0 and eta_eff * g[e] / math.sqrt(y) > LARGE_STEP:
+            # steps this large leave the continuous limit (one step can multiply the norm): step the exact
+            # recursion x <- (1 - eta lam)^2 x + eta^2 G^2 / x (docs/science.md §Scale invariance) instead
+            x = math.sqrt(y)
+            for _ in range(S):
+                x = (1.0 - eta * lam) ** 2 * x + eta**2 * g[e] ** 2 / x
+            y = x * x
+        elif lam == 0:
             # derived: with lam = 0, y = rho^4 = x^2 obeys dy/dt = 2 x dx/dt = 2 eta^2 G^2: linear growth
             y = y + 2.0 * eta_eff**2 * g[e] ** 2 * S
         else:

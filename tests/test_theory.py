@@ -307,3 +307,17 @@ def test_a_frozen_norm_is_not_an_equilibrium():
     # the same constant norm with a working rate is a balance: weight decay shrinks rho^2 by ~1 - e^-1.3 here
     s = stationarity(np.full(40, 0.4), rho, lam=1e-2, steps_per_epoch=8, start=20, stop=40)
     assert s.stationary and s.drift_ratio == pytest.approx(0.0)
+
+
+def test_evolve_norm_follows_the_exact_recursion_through_huge_first_steps():
+    """A high-lr run's first steps rotate the weights by far more than 0.1 rad and can multiply the norm in
+    one step; the continuous limit misses that by orders of magnitude, the exact recursion does not."""
+    lr0, lam, G, rho0, S, E = 30.0, 5e-4, 40.0, 6.3, 8, 30
+    x, sim = rho0**2, []
+    for _ in range(E):                      # independent: the plain-SGD norm identity, step by step
+        eta = lr0 / math.sqrt(x)
+        for _ in range(S):
+            x = (1 - eta * lam) ** 2 * x + eta**2 * G**2 / x
+        sim.append(math.sqrt(x))
+    rho = evolve_norm(rho0, lr0, lam, G, power=1, steps_per_epoch=S, epochs=E)
+    assert rho == pytest.approx(np.array(sim), rel=0.02)
