@@ -74,6 +74,7 @@ H5_MIN_RUNS = 3         # a t interval needs n - 1 >= 2 degrees of freedom to be
 # difference (test-split noise resampled) lies at or below 0: the rule does not reduce the sensitivity.
 H6_MIN_CELLS = 3        # per λ: an sd over lr0 needs >= 3 cells to be worth comparing
 H6_N_BOOT = 4000
+H6_POWER_SIMS = 400     # Monte-Carlo resolution of the reported power: sd <= 0.025
 
 SEED_FINDINGS = {
     "H1": "ELR values did not converge to one value; they barely moved from their initial values.",
@@ -465,10 +466,37 @@ def evaluate_h5(runs: list[Run], an: dict) -> Verdict:
 
 # ---------------------------------------------------------------------------------------------- H6
 
-def _spread_difference(elr_acc: np.ndarray, sgd_acc: np.ndarray, groups: list[np.ndarray]) -> float:
+def _spread_difference(elr_acc: np.ndarray, sgd_acc: np.ndarray, groups: list[np.ndarray]) -> np.ndarray | float:
     """mean over λ groups of sd_lr0(SGD arm) - sd_lr0(ELR arm): > 0 when the rule makes accuracy less
-    sensitive to lr0. Arrays: one value per cell; groups: the cells' indices per λ."""
-    return float(np.mean([np.std(sgd_acc[g], ddof=1) - np.std(elr_acc[g], ddof=1) for g in groups]))
+    sensitive to lr0. Arrays: one value per cell (or rows of them: one value per row); groups: the cells'
+    indices per λ."""
+    d = np.mean([np.std(sgd_acc[..., g], axis=-1, ddof=1) - np.std(elr_acc[..., g], axis=-1, ddof=1) for g in groups],
+                axis=0)
+    return float(d) if np.ndim(d) == 0 else d
+
+
+def _exchange_p(a: np.ndarray, b: np.ndarray, groups: list[np.ndarray]) -> tuple[float, int]:
+    """One-sided exact exchange test of the spread difference: under "the rule does not matter" each cell's two
+    accuracies are exchangeable, so all 2^cells swaps are equally likely. (p, number of swaps)."""
+    idx = np.concatenate(groups)
+    flips = np.zeros((2 ** idx.size, a.size), dtype=bool)
+    flips[:, idx] = np.array(list(itertools.product((False, True), repeat=idx.size)))
+    null = _spread_difference(np.where(flips, b, a), np.where(flips, a, b), groups)
+    return float(np.mean(null >= _spread_difference(a, b, groups) - 1e-12)), len(null)
+
+
+def _h6_power(sd_elr: list[float], groups: list[np.ndarray], size: int, n_sim: int = H6_POWER_SIMS) -> float:
+    """Power of the exchange test when plain SGD's accuracy spreads over lr0 with twice the ELR arm's sd (per
+    λ, normal cells with the observed ELR-arm sd): the fraction of simulated studies with p < ALPHA."""
+    rng = np.random.default_rng(0)
+    hits = 0
+    for _ in range(n_sim):
+        a, b = np.zeros(size), np.zeros(size)
+        for g, sd in zip(groups, sd_elr):
+            a[g] = sd * rng.standard_normal(g.size)
+            b[g] = 2 * sd * rng.standard_normal(g.size)
+        hits += _exchange_p(a, b, groups)[0] < ALPHA
+    return hits / n_sim
 
 
 def evaluate_h6(runs: list[Run], an: dict) -> Verdict:
@@ -488,17 +516,10 @@ def evaluate_h6(runs: list[Run], an: dict) -> Verdict:
         return _verdict("H6", INCONCLUSIVE, runs=used, details=details,
                         reason=f"{len(cells)} ELR/plain-SGD cell pairs; needs >= {H6_MIN_CELLS} lr0 values at some λ "
                                "(the study's third arm)")
-    idx = np.concatenate(groups)
     a = np.array([x["elr_acc"] for x in rows])
     b = np.array([x["sgd_acc"] for x in rows])
     diff = _spread_difference(a, b, groups)
-    # exact exchange test: under "the rule does not matter", each cell's two accuracies are exchangeable
-    null = []
-    for flips in itertools.product((False, True), repeat=idx.size):
-        f = np.zeros(len(rows), dtype=bool)
-        f[idx] = flips
-        null.append(_spread_difference(np.where(f, b, a), np.where(f, a, b), groups))
-    p = float(np.mean(np.array(null) >= diff - 1e-12))
+    p, n_swaps = _exchange_p(a, b, groups)
     n_test = test_split_size([r for pair in cells for r in pair])
     rng = np.random.default_rng(0)
     sd_a, sd_b = (np.sqrt(np.clip(x * (1 - x), 1e-6, None) / n_test) for x in (a, b))  # binomial sd per accuracy
@@ -507,12 +528,13 @@ def evaluate_h6(runs: list[Run], an: dict) -> Verdict:
     ci = tuple(float(q) for q in np.quantile(boot, [0.025, 0.975]))
     per_wd = {f"{wds[i]:g}": {"sd_elr": _num(np.std(a[g], ddof=1)), "sd_sgd": _num(np.std(b[g], ddof=1))}
               for i, g in enumerate(groups)}
+    power = _h6_power([np.std(a[g], ddof=1) for g in groups], groups, len(rows))
     details.update(per_weight_decay=per_wd, spread_difference=diff, ci=list(ci), p=p, n_test=n_test,
-                   null_size=len(null))
+                   null_size=n_swaps, power_double_spread=power)
     spreads = "; ".join(f"λ {k}: sd over lr0 ELR {_fmt(v['sd_elr'])} vs SGD {_fmt(v['sd_sgd'])}" for k, v in per_wd.items())
     numbers = (f"{spreads}; mean difference (SGD − ELR) {_fmt(diff)}, 95% interval from test-split noise "
-               f"[{_fmt(ci[0])}, {_fmt(ci[1])}]; exact exchange p = {_fmt(p)} ({len(null)} swaps; smallest attainable "
-               f"{1 / len(null):.3g})")
+               f"[{_fmt(ci[0])}, {_fmt(ci[1])}]; exact exchange p = {_fmt(p)} ({n_swaps} swaps; smallest attainable "
+               f"{1 / n_swaps:.3g}); power of this test if plain SGD's spread were twice the ELR arm's: {power:.2f}")
     if p < ALPHA:
         verdict, why = HELD, f"p < {ALPHA:g}: the ELR arm's accuracy varies less with lr0"
     elif ci[1] <= 0:

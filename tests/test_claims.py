@@ -246,6 +246,7 @@ def test_h6_flat_elr_arm_against_a_varying_sgd_arm_holds_and_the_reverse_refutes
     # statistic, so 4 of the 256 exchanges reach it
     assert v.verdict == HELD and v.p == pytest.approx(4 / 256), v.reason
     assert v.details["null_size"] == 256 and set(v.details["per_weight_decay"]) == {"0.0005", "0.005"}
+    assert 0 <= v.details["power_double_spread"] <= 1 and "power of this test" in v.reason
     v = claims.evaluate_h6(*h6_study(varying, flat))
     assert v.verdict == REFUTED, v.reason
 
