@@ -1056,7 +1056,8 @@ def _curves_figure(metric: str, cat: Catalog) -> tuple[bytes | None, str]:
     if not panels:
         return None, f"no run has a finite `{metric}` value"
     fig = Figure(figsize=(10.0, 2.35 * len(panels) + 0.3))
-    axes = fig.subplots(len(panels), 1, squeeze=False, sharex=True)[:, 0]
+    # each arm on its own epoch axis: the controls may run longer than the arms (epochs_factor)
+    axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
     logs = []
     for ax, (arm, members) in zip(axes, panels):
         for r, x, y in members:
