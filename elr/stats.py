@@ -1,4 +1,4 @@
-"""Statistics for the claims: rank tests, bootstrap intervals, multiple-testing corrections, log-log fits.
+"""Statistics for the claims: exact rank tests, Hodges–Lehmann intervals, power, multiple-testing corrections, OLS.
 
 Pure numpy/scipy functions, float64 throughout. NaN policy (every function): non-finite values are
 dropped before computing (pairwise for paired data: a pair is dropped if either value is non-finite);
@@ -17,7 +17,6 @@ import numpy as np
 from scipy import stats as st
 
 LEVEL = 0.95          # confidence level of every interval here
-N_BOOT = 10_000       # bootstrap resamples: Monte Carlo error of a 2.5% quantile ~ 0.16% at this size
 EXACT_LIMIT = 100_000  # up to this many permutations, p-values are computed by exact enumeration
 
 
@@ -62,30 +61,6 @@ def mann_whitney_greater(a, b) -> tuple[float, float]:
     return u, float(np.mean(u_all >= u - 1e-9))
 
 
-def spearman(x, y) -> tuple[float, float]:
-    """Spearman rank correlation and its two-sided p-value: (rho, p).
-
-    Exact permutation p (all n! orderings) for n <= 8, where the t approximation is poor; scipy's
-    t approximation above. (nan, nan) for fewer than 3 pairs or a constant variable.
-    """
-    x, y = finite_pairs(x, y)
-    n = x.size
-    if n < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return math.nan, math.nan
-    rx, ry = st.rankdata(x), st.rankdata(y)
-    rho = float(np.corrcoef(rx, ry)[0, 1])  # Spearman 1904: Pearson correlation of the ranks
-    if n <= 8:
-        perms = np.array(list(itertools.permutations(range(n))))
-        ryp = ry[perms]
-        rxc = rx - rx.mean()
-        rypc = ryp - ryp.mean(axis=1, keepdims=True)
-        r = (rypc @ rxc) / (np.linalg.norm(rxc) * np.linalg.norm(rypc, axis=1))
-        p = float(np.mean(np.abs(r) >= abs(rho) - 1e-12))
-    else:
-        p = float(st.spearmanr(x, y).pvalue)
-    return rho, p
-
-
 # ---------------------------------------------------------------------------------------------- corrections
 
 def holm(p) -> np.ndarray:
@@ -115,97 +90,6 @@ def benjamini_hochberg(p) -> np.ndarray:
     if keep.any():
         out[keep] = st.false_discovery_control(p[keep], method="bh")
     return out
-
-
-# ---------------------------------------------------------------------------------------------- bootstrap
-
-def _percentile_ci(samples: np.ndarray, level: float) -> tuple[float, float]:
-    samples = samples[np.isfinite(samples)]
-    if samples.size == 0:
-        return math.nan, math.nan
-    alpha = (1.0 - level) / 2.0
-    lo, hi = np.quantile(samples, [alpha, 1.0 - alpha])   # Efron & Tibshirani 1993, percentile interval
-    return float(lo), float(hi)
-
-
-def median_difference(a, b, *, n_boot: int = N_BOOT, seed: int = 0,
-                      level: float = LEVEL) -> tuple[float, tuple[float, float]]:
-    """median(a) - median(b) with a percentile bootstrap CI (each arm resampled independently).
-    (nan, (nan, nan)) if either arm is empty."""
-    a, b = finite(a), finite(b)
-    if a.size == 0 or b.size == 0:
-        return math.nan, (math.nan, math.nan)
-    rng = np.random.default_rng(seed)
-    ma = np.median(a[rng.integers(0, a.size, (n_boot, a.size))], axis=1)
-    mb = np.median(b[rng.integers(0, b.size, (n_boot, b.size))], axis=1)
-    return float(np.median(a) - np.median(b)), _percentile_ci(ma - mb, level)
-
-
-def bootstrap_mean(x, *, geometric: bool = False, n_boot: int = N_BOOT, seed: int = 0,
-                   level: float = LEVEL) -> tuple[float, tuple[float, float]]:
-    """Mean of x (or its geometric mean exp(mean(log x)), for ratios) with a percentile bootstrap CI.
-    Geometric: non-positive values are dropped with the non-finite ones. (nan, (nan, nan)) if empty."""
-    x = finite(x)
-    if geometric:
-        x = np.log(x[x > 0])
-    if x.size == 0:
-        return math.nan, (math.nan, math.nan)
-    rng = np.random.default_rng(seed)
-    boot = x[rng.integers(0, x.size, (n_boot, x.size))].mean(axis=1)
-    est, (lo, hi) = float(x.mean()), _percentile_ci(boot, level)
-    if geometric:
-        return math.exp(est), (math.exp(lo), math.exp(hi))
-    return est, (lo, hi)
-
-
-def dispersion_ratio(initial, final, *, n_boot: int = N_BOOT, seed: int = 0,
-                     level: float = LEVEL) -> tuple[float, tuple[float, float]]:
-    """R = sd(log final) / sd(log initial) for paired positive values, with a percentile bootstrap CI
-    (runs resampled as pairs). R -> 0 when values converge to one value, R ~ 1 when they keep their
-    initial spread. Pairs with a non-positive or non-finite member are dropped; nan for < 3 pairs or
-    no initial spread; resamples with no initial spread are skipped.
-    """
-    i, f = finite_pairs(initial, final)
-    keep = (i > 0) & (f > 0)
-    li, lf = np.log(i[keep]), np.log(f[keep])
-    if li.size < 3 or np.std(li, ddof=1) == 0:
-        return math.nan, (math.nan, math.nan)
-    est = float(np.std(lf, ddof=1) / np.std(li, ddof=1))
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, li.size, (n_boot, li.size))
-    si, sf = np.std(li[idx], axis=1, ddof=1), np.std(lf[idx], axis=1, ddof=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        boot = np.where(si > 0, sf / si, np.nan)
-    return est, _percentile_ci(boot, level)
-
-
-# ---------------------------------------------------------------------------------------------- regression
-
-@dataclass(frozen=True)
-class SlopeFit:
-    slope: float
-    intercept: float
-    ci: tuple[float, float]   # t-based CI of the slope at `level`
-    stderr: float
-    n: int
-
-
-def loglog_slope(x, y, *, level: float = LEVEL) -> SlopeFit:
-    """Least-squares slope of log y on log x with a t-based CI (n - 2 degrees of freedom).
-
-    Pairs with a non-positive or non-finite member are dropped; nan fields for fewer than 3 pairs or
-    no spread in x. With exactly collinear points the CI collapses to the slope.
-    """
-    x, y = finite_pairs(x, y)
-    keep = (x > 0) & (y > 0)
-    lx, ly = np.log(x[keep]), np.log(y[keep])
-    n = lx.size
-    if n < 3 or np.ptp(lx) == 0:
-        return SlopeFit(math.nan, math.nan, (math.nan, math.nan), math.nan, n)
-    fit = st.linregress(lx, ly)
-    half = st.t.ppf(0.5 + level / 2.0, n - 2) * fit.stderr   # slope ± t_{n-2, 1-α/2} · SE (OLS)
-    return SlopeFit(float(fit.slope), float(fit.intercept),
-                    (float(fit.slope - half), float(fit.slope + half)), float(fit.stderr), n)
 
 
 # ---------------------------------------------------------------------------------------------- proportions
@@ -356,7 +240,7 @@ def ols(y, X, *, level: float = LEVEL) -> OLSFit:
 
     X: shape (n,) for one predictor or (n, k). Rows with a non-finite y or X entry are dropped. nan
     fields (n and dof still reported) when dof < 1 or [1, X] is rank-deficient (e.g. a constant
-    predictor, or two proportional ones). With one predictor this is loglog_slope's fit and CI.
+    predictor, or two proportional ones). With one predictor this is scipy.stats.linregress's fit.
     """
     y = np.asarray(y, dtype=np.float64).ravel()
     X = np.asarray(X, dtype=np.float64)
