@@ -25,7 +25,7 @@ from scipy import stats as st
 
 from elr import detectors, stats, theory
 from elr.inspect import analyse, final_value, predicted_elr
-from elr.runs import Run
+from elr.runs import Run, json_float
 from elr.verdict import HELD, INCONCLUSIVE, REFUTED, Verdict
 
 ALPHA = 0.05            # significance level of every test here
@@ -105,13 +105,8 @@ def diverged(run: Run) -> bool:
     return bool((run.summary or {}).get("diverged", False))
 
 
-def _cfg(run: Run, key: str, default=None):
-    v = run.config.get(key, default)
-    return default if v is None else v
-
-
 def chance(run: Run) -> float:
-    return 1.0 / float(_cfg(run, "num_classes", N_CLASSES))
+    return 1.0 / float(run.setting("num_classes", N_CLASSES))
 
 
 def final_accuracy(run: Run) -> float:
@@ -127,8 +122,8 @@ def test_split_size(runs: list[Run]) -> int | None:
     """Images in the test split: config test_subset where set, else the accuracy's resolution (every
     accuracy is k / n_test, so the smallest step between logged values is 1 / n_test)."""
     for r in runs:
-        if _cfg(r, "test_subset"):
-            return int(_cfg(r, "test_subset"))
+        if r.setting("test_subset"):
+            return int(r.setting("test_subset"))
     vals = np.unique(np.concatenate([detectors.finite_prefix(r.series("test_acc")) for r in runs] or [[]]))
     steps = np.diff(vals)
     steps = steps[steps > 1e-9]
@@ -139,18 +134,13 @@ def _fmt(x) -> str:
     return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.3g}"
 
 
-def _num(x):
-    """JSON-able float: non-finite -> None."""
-    return float(x) if x is not None and math.isfinite(float(x)) else None
-
-
 def _ci(ci) -> tuple[float, float] | None:
     return None if ci is None or not all(c is not None and math.isfinite(c) for c in ci) else (float(ci[0]), float(ci[1]))
 
 
 def _verdict(cid, verdict, *, statistic=None, p=None, effect=None, ci=None, runs=(), reason="", details=None):
-    return Verdict(id=cid, claim=CLAIMS[cid], verdict=verdict, statistic=_num(statistic), p=_num(p),
-                   effect=_num(effect), ci=_ci(ci), runs=list(runs), reason=reason,
+    return Verdict(id=cid, claim=CLAIMS[cid], verdict=verdict, statistic=json_float(statistic), p=json_float(p),
+                   effect=json_float(effect), ci=_ci(ci), runs=list(runs), reason=reason,
                    seed_finding=SEED_FINDINGS[cid], details=details or {})
 
 
@@ -190,12 +180,12 @@ def evaluate_h1(runs: list[Run], an: dict) -> Verdict:
         init, fin = a["initial"]["elr"], a["final"]["elr"]
         pred_series = predicted_elr(r)
         pred_final = final_value(pred_series) if pred_series is not None else math.nan
-        rows.append({"run": r.name, "lr0": float(_cfg(r, "lr")), "weight_decay": float(_cfg(r, "weight_decay")),
+        rows.append({"run": r.name, "lr0": float(r.setting("lr")), "weight_decay": float(r.setting("weight_decay")),
                      "stationary": a["stationary"], "drift_ratio": (a["stationarity"] or {}).get("drift_ratio"),
-                     "elr_initial": init, "elr_final": fin, "elr_predicted_final": _num(pred_final),
+                     "elr_initial": init, "elr_final": fin, "elr_predicted_final": json_float(pred_final),
                      "elr_fixed_point": (a["predicted"] or {}).get("elr"), "n_tau": a["n_tau"],
-                     "moved": _num(math.log(fin / init)) if init and fin else None,
-                     "predicted_move": _num(math.log(pred_final / init)) if init and math.isfinite(pred_final) else None})
+                     "moved": json_float(math.log(fin / init)) if init and fin else None,
+                     "predicted_move": json_float(math.log(pred_final / init)) if init and math.isfinite(pred_final) else None})
     stationary = [x for x in rows if x["stationary"] and x["elr_final"]]
     moving = [x for x in rows if not x["stationary"] and x["moved"] is not None]
     barely = [x for x in moving if abs(x["moved"]) <= H1_BARELY]
@@ -217,7 +207,7 @@ def evaluate_h1(runs: list[Run], an: dict) -> Verdict:
     y = np.log([x["elr_final"] for x in stationary])
     X = np.log([[x[k] for k in predictors] for x in stationary])
     fit = stats.ols(y, X)
-    details["fit"] = {k: {"slope": _num(c), "ci": list(ci) if _ci(ci) else None, "theory": H1_THEORY_SLOPES[k]}
+    details["fit"] = {k: {"slope": json_float(c), "ci": list(ci) if _ci(ci) else None, "theory": H1_THEORY_SLOPES[k]}
                       for k, c, ci in zip(predictors, fit.coef, fit.ci)}
     parts = [_interval_verdict(_ci(ci), -H1_MARGIN, H1_MARGIN) for ci in fit.ci]
     if REFUTED in parts:
@@ -264,7 +254,7 @@ def evaluate_h2(runs: list[Run], an: dict) -> Verdict:
     for r in elr_runs:
         a = an[r.name]
         d = a["episode_detail"] or {}
-        per_run[r.name] = {"lr0": _num(_cfg(r, "lr")), "wd": _num(_cfg(r, "weight_decay")), "episodes": a["episodes"],
+        per_run[r.name] = {"lr0": json_float(r.setting("lr")), "wd": json_float(r.setting("weight_decay")), "episodes": a["episodes"],
                            "period": a["period_epochs"], "irregularity": d.get("irregularity"),
                            "surrogate_p": d.get("surrogate_p"), "analysable": bool(d.get("analysable")),
                            "sensitivity": d.get("sensitivity"), "converged_epoch": d.get("converged_epoch"),
@@ -273,7 +263,7 @@ def evaluate_h2(runs: list[Run], an: dict) -> Verdict:
             ps[r.name] = 1.0 if d.get("surrogate_p") is None else d["surrogate_p"]
     adjusted = dict(zip(ps, stats.holm(list(ps.values())))) if ps else {}
     for name, row in per_run.items():
-        row["p_holm"] = _num(adjusted.get(name))
+        row["p_holm"] = json_float(adjusted.get(name))
         row["periodic"] = bool(an[name]["periodic"] and adjusted.get(name, 1.0) < ALPHA)
     periodic = [n for n, x in per_run.items() if x["periodic"]]
     analysable = [n for n, x in per_run.items() if x["analysable"]]
@@ -317,12 +307,12 @@ def _h2_association(runs: list[Run], periodic: set[str]) -> dict:
     if not yes or not no:
         return {"summary": f"Association with lr0 / L2 not testable: {len(yes)} periodic and {len(no)} "
                            f"non-periodic analysable runs.", "n_periodic": len(yes), "n_other": len(no)}
-    lr_y, lr_n = [float(_cfg(r, "lr")) for r in yes], [float(_cfg(r, "lr")) for r in no]
-    wd_y, wd_n = [float(_cfg(r, "weight_decay")) for r in yes], [float(_cfg(r, "weight_decay")) for r in no]
+    lr_y, lr_n = [float(r.setting("lr")) for r in yes], [float(r.setting("lr")) for r in no]
+    wd_y, wd_n = [float(r.setting("weight_decay")) for r in yes], [float(r.setting("weight_decay")) for r in no]
     u_lr, p_lr = stats.mann_whitney_greater(lr_y, lr_n)    # periodic runs have the higher lr0
     u_wd, p_wd = stats.mann_whitney_greater(wd_n, wd_y)    # periodic runs have the lower L2
-    return {"n_periodic": len(yes), "n_other": len(no), "lr0_U": _num(u_lr), "lr0_p": _num(p_lr),
-            "wd_U": _num(u_wd), "wd_p": _num(p_wd),
+    return {"n_periodic": len(yes), "n_other": len(no), "lr0_U": json_float(u_lr), "lr0_p": json_float(p_lr),
+            "wd_U": json_float(u_wd), "wd_p": json_float(p_wd),
             "summary": f"Association (one-sided Mann–Whitney, periodic vs other, descriptive): higher lr0 U = "
                        f"{_fmt(u_lr)}, p = {_fmt(p_lr)}; lower L2 U = {_fmt(u_wd)}, p = {_fmt(p_wd)}."}
 
@@ -338,7 +328,7 @@ def evaluate_h3(runs: list[Run], an: dict) -> Verdict:
     n_test = test_split_size(elr_runs + base)
     pooled = float(np.median(list(ea.values()) + list(ba.values()))) if ea or ba else math.nan
     margin = stats.binomial_sd(pooled, n_test) if n_test else math.nan
-    details = {"elr_acc": ea, "baseline_acc": ba, "n_test": n_test, "margin": _num(margin),
+    details = {"elr_acc": ea, "baseline_acc": ba, "n_test": n_test, "margin": json_float(margin),
                "diverged": [r.name for r in elr_runs + base if diverged(r)]}
     used = [r.name for r in elr_runs + base]
     if min(len(ea), len(ba)) < H3_MIN_PER_ARM or not math.isfinite(margin):
@@ -350,7 +340,7 @@ def evaluate_h3(runs: list[Run], an: dict) -> Verdict:
     hl, ci, coverage = stats.hodges_lehmann(a, b)
     sd = float(np.sqrt((np.var(a, ddof=1) * (len(a) - 1) + np.var(b, ddof=1) * (len(b) - 1)) / (len(a) + len(b) - 2)))
     power = stats.power_shift(len(a), len(b), shift=H3_POWER_SHIFT, sd=sd, margin=margin, alpha=ALPHA)
-    details.update(hodges_lehmann=_num(hl), ci=list(ci), coverage=_num(coverage), pooled_sd=_num(sd), power=power)
+    details.update(hodges_lehmann=json_float(hl), ci=list(ci), coverage=json_float(coverage), pooled_sd=json_float(sd), power=power)
     numbers = (f"final test accuracy (median of the last 10% of epochs; diverged runs at chance) ELR n={len(a)}, median "
                f"{_fmt(np.median(a))} vs baseline n={len(b)}, median {_fmt(np.median(b))}: one-sided Mann–Whitney "
                f"U = {_fmt(u)}, p = {_fmt(p)}; Hodges–Lehmann shift {_fmt(hl)}, exact {coverage:.1%} CI [{_fmt(ci[0])}, "
@@ -505,11 +495,11 @@ def evaluate_h6(runs: list[Run], an: dict) -> Verdict:
     interval of the spread difference from the test split's binomial noise (parametric bootstrap)."""
     elr = {r.config["labels"].get("config_id"): r for r in _arm(runs, "elr")}
     cells = [(elr[t.config["labels"]["twin"]], t) for t in _arm(runs, "sgd") if t.config["labels"].get("twin") in elr]
-    wds = sorted({float(_cfg(e, "weight_decay")) for e, _ in cells})
-    groups = [np.array([i for i, (e, _) in enumerate(cells) if float(_cfg(e, "weight_decay")) == wd]) for wd in wds]
+    wds = sorted({float(e.setting("weight_decay")) for e, _ in cells})
+    groups = [np.array([i for i, (e, _) in enumerate(cells) if float(e.setting("weight_decay")) == wd]) for wd in wds]
     groups = [g for g in groups if g.size >= H6_MIN_CELLS]
-    rows = [{"elr_run": e.name, "sgd_run": s.name, "lr0": float(_cfg(e, "lr")), "weight_decay": float(_cfg(e, "weight_decay")),
-             "matched_lr": _num(_cfg(s, "lr")), "elr_acc": final_accuracy(e), "sgd_acc": final_accuracy(s)} for e, s in cells]
+    rows = [{"elr_run": e.name, "sgd_run": s.name, "lr0": float(e.setting("lr")), "weight_decay": float(e.setting("weight_decay")),
+             "matched_lr": json_float(s.setting("lr")), "elr_acc": final_accuracy(e), "sgd_acc": final_accuracy(s)} for e, s in cells]
     details = {"cells": rows}
     used = [x for e, s in cells for x in (e.name, s.name)]
     if not groups:
@@ -526,7 +516,7 @@ def evaluate_h6(runs: list[Run], an: dict) -> Verdict:
     boot = [_spread_difference(a + sd_a * rng.standard_normal(a.size), b + sd_b * rng.standard_normal(b.size), groups)
             for _ in range(H6_N_BOOT)]
     ci = tuple(float(q) for q in np.quantile(boot, [0.025, 0.975]))
-    per_wd = {f"{wds[i]:g}": {"sd_elr": _num(np.std(a[g], ddof=1)), "sd_sgd": _num(np.std(b[g], ddof=1))}
+    per_wd = {f"{wds[i]:g}": {"sd_elr": json_float(np.std(a[g], ddof=1)), "sd_sgd": json_float(np.std(b[g], ddof=1))}
               for i, g in enumerate(groups)}
     power = _h6_power([np.std(a[g], ddof=1) for g in groups], groups, len(rows))
     details.update(per_weight_decay=per_wd, spread_difference=diff, ci=list(ci), p=p, n_test=n_test,

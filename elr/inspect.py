@@ -17,7 +17,7 @@ import math
 import numpy as np
 
 from elr import detectors, theory
-from elr.runs import Run
+from elr.runs import Run, json_float
 
 FINAL_FRACTION = 0.1     # "final" values: the median over the last 10% of epochs (a sawtooth averages out)
 # The stationarity window: the final quarter of the run, snapped to whole cycles when destabilisation
@@ -69,15 +69,6 @@ def epochs(run: Run) -> np.ndarray:
     return np.array([r.get("epoch", i + 1) for i, r in enumerate(run.metrics)], dtype=np.int64)
 
 
-def _cfg(run: Run, key: str, default=None):
-    v = run.config.get(key, default)
-    return default if v is None else v
-
-
-def _num(x):
-    return float(x) if x is not None and math.isfinite(float(x)) else None
-
-
 def _nan(x) -> float:
     return math.nan if x is None else float(x)
 
@@ -86,18 +77,18 @@ def _nan(x) -> float:
 
 def rule_power(run: Run) -> int:
     """p in lr = lr0 / ||w||^p: the ELR rule's power; 0 for every other schedule."""
-    return int(_cfg(run, "elr_power", 1)) if _cfg(run, "schedule") == "elr" else 0
+    return int(run.setting("elr_power", 1)) if run.setting("schedule") == "elr" else 0
 
 
 def theory_applies(run: Run) -> tuple[bool, str]:
     """The norm-balance theory covers SGD (with or without momentum) with weight decay on SI weights."""
-    if str(_cfg(run, "optimizer", "")).lower() != "sgd":
-        return False, f"optimizer {_cfg(run, 'optimizer')}: the theory here covers SGD"
-    if _cfg(run, "schedule") == "sphere":
+    if str(run.setting("optimizer", "")).lower() != "sgd":
+        return False, f"optimizer {run.setting('optimizer')}: the theory here covers SGD"
+    if run.setting("schedule") == "sphere":
         return False, "fixed ELR on the sphere: the norm is held, no balance to close"
-    if not float(_cfg(run, "weight_decay", 0.0)) > 0:
+    if not float(run.setting("weight_decay", 0.0)) > 0:
         return False, "no weight decay: the SI norm only grows, no equilibrium"
-    if _cfg(run, "elr_per_layer", False):
+    if run.setting("elr_per_layer", False):
         return False, "per-layer rule: each layer has its own fixed point (see tau_by_layer)"
     if not any((r.get("si_norm") or 0) > 0 for r in run.metrics[:1]):
         return False, "no scale-invariant weights"
@@ -131,7 +122,7 @@ def analyse(run: Run, *, sensitivity: bool = True, seed: int = 0) -> dict:
     ep = epochs(run)
     n = len(ep)
     notes = []
-    lam, mu, p = float(_cfg(run, "weight_decay", 0.0)), float(_cfg(run, "momentum", 0.0)), rule_power(run)
+    lam, mu, p = float(run.setting("weight_decay", 0.0)), float(run.setting("momentum", 0.0)), rule_power(run)
     spe = steps_per_epoch(run)
     rate = rate_series(run)
     rho = run.series("si_norm")
@@ -156,16 +147,16 @@ def analyse(run: Run, *, sensitivity: bool = True, seed: int = 0) -> dict:
     # --- theory beside measurement
     applies, why_not = theory_applies(run) if n else (False, "no epochs recorded")
     start, stop, cycles = _window(n, ep_idx)
-    final = {"test_acc": _num(final_value(acc)), "train_loss": _num(final_value(loss)), "elr": _num(final_value(elr)),
-             "rho": _num(final_value(rho)), "lr": _num(final_value(rate)), "G": _num(final_value(G))}
+    final = {"test_acc": json_float(final_value(acc)), "train_loss": json_float(final_value(loss)), "elr": json_float(final_value(elr)),
+             "rho": json_float(final_value(rho)), "lr": json_float(final_value(rate)), "G": json_float(final_value(G))}
     init = run.initial or {}
-    initial = {"elr": _num(init.get("elr")), "lr": _num(init.get("lr_si", init.get("lr") if not isinstance(
-        init.get("lr"), dict) else None)), "rho": _num(init.get("si_norm"))}
+    initial = {"elr": json_float(init.get("elr")), "lr": json_float(init.get("lr_si", init.get("lr") if not isinstance(
+        init.get("lr"), dict) else None)), "rho": json_float(init.get("si_norm"))}
     if not run.initial:
         notes.append("no epoch-0 record: the state at initialisation is unknown")
-    out = {"run": run.name, "group": run.group, "optimizer": _cfg(run, "optimizer"), "schedule": _cfg(run, "schedule"),
-           "lr": _num(_cfg(run, "lr")), "weight_decay": lam, "momentum": mu, "power": p, "epochs": n,
-           "steps_per_epoch": _num(spe), "final": final, "initial": initial, "theory_applies": applies,
+    out = {"run": run.name, "group": run.group, "optimizer": run.setting("optimizer"), "schedule": run.setting("schedule"),
+           "lr": json_float(run.setting("lr")), "weight_decay": lam, "momentum": mu, "power": p, "epochs": n,
+           "steps_per_epoch": json_float(spe), "final": final, "initial": initial, "theory_applies": applies,
            "theory_note": why_not, "notes": notes}
 
     predicted = stationary = None
@@ -173,58 +164,58 @@ def analyse(run: Run, *, sensitivity: bool = True, seed: int = 0) -> dict:
     angle = {"rms": None, "predicted": None, "ratio": None, "window": [int(ep[start]) if n else None,
                                                                       int(ep[stop - 1]) if n else None]}
     if applies:
-        same_norm = _cfg(run, "elr_norm", "all") == "si" or abs(
+        same_norm = run.setting("elr_norm", "all") == "si" or abs(
             final_value(run.series("weight_norm")) / final_value(rho) - 1) <= SAME_NORM_TOL
         eff_p = p if same_norm else 0
         if p and not same_norm:
             notes.append("the rule divides by a norm that includes non-SI weights: its own fixed point does not "
                          "apply; the constant-lr theory at the applied rate is used")
         w = slice(start, stop)
-        lr_for_fp = float(_cfg(run, "lr")) if eff_p else float(np.mean(rate[w]))
+        lr_for_fp = float(run.setting("lr")) if eff_p else float(np.mean(rate[w]))
         # the fixed point is a mean-square balance (rho^4 ~ eta E[G^2] / 2 lam): G as an RMS over the window
         g_rms = math.sqrt(float(np.mean(G[w] ** 2)))
         fp = theory.fixed_point(lr_for_fp, lam, g_rms, power=eff_p, momentum=mu)
-        predicted = {"rho": _num(fp.rho), "eta": _num(fp.eta), "elr": _num(fp.elr), "angle": _num(fp.angle),
-                     "G_rms": _num(g_rms)}
-        tau_epochs = _num(theory.relaxation_steps(fp.eta if eff_p else lr_for_fp, lam, power=eff_p,
+        predicted = {"rho": json_float(fp.rho), "eta": json_float(fp.eta), "elr": json_float(fp.elr), "angle": json_float(fp.angle),
+                     "G_rms": json_float(g_rms)}
+        tau_epochs = json_float(theory.relaxation_steps(fp.eta if eff_p else lr_for_fp, lam, power=eff_p,
                                                   momentum=mu) / spe)
         if eff_p and final["rho"] and fp.rho < final["rho"]:
             # docs/science.md: far above rho* the rule shrinks the norm by weight decay alone (linearly for p = 1):
             # the epochs still needed from the run's final norm down to rho*
-            drift_epochs = _num(theory.drift_steps(final["rho"], fp.rho, lr_for_fp, lam, power=eff_p) / spe)
+            drift_epochs = json_float(theory.drift_steps(final["rho"], fp.rho, lr_for_fp, lam, power=eff_p) / spe)
         rho_full = np.concatenate([[initial["rho"] or np.nan], rho])
         st = theory.stationarity(np.concatenate([[np.nan], rate]), rho_full, lam=lam, momentum=mu,
                                  steps_per_epoch=int(round(spe)), start=start + 1, stop=stop + 1)
-        stationary = {"stationary": st.stationary, "drift_ratio": _num(st.drift_ratio), "whole_cycles": cycles,
+        stationary = {"stationary": st.stationary, "drift_ratio": json_float(st.drift_ratio), "whole_cycles": cycles,
                       "window": [int(ep[start]), int(ep[stop - 1])], "reason": st.reason}
         if a_key:
             # Wan et al. 2021: E[angle^2] = 2 eta lam / (1 + mu): a mean-square law, so the RMS over whole cycles
             rms = math.sqrt(float(np.mean(angle_rms[w] ** 2)))
             pred = math.sqrt(2 * float(np.mean(rate[w])) * lam / (1 + mu))
-            ratio = _num(rms / pred) if pred > 0 else None
-            angle.update(rms=_num(rms), predicted=_num(pred), ratio=ratio)
+            ratio = json_float(rms / pred) if pred > 0 else None
+            angle.update(rms=json_float(rms), predicted=json_float(pred), ratio=ratio)
         else:
             notes.append("no angular_update_rms: the RMS angle is unknown (older run)")
 
     out.update({
         "periodic": bool(eps.periodic) if eps else False,
         "episodes": [int(ep[i]) for i in ep_idx],
-        "period_epochs": _num(eps.period) if eps and eps.period is not None else None,
+        "period_epochs": json_float(eps.period) if eps and eps.period is not None else None,
         "stationary": bool(stationary and stationary["stationary"]),
         "tau_epochs": tau_epochs,
-        "n_tau": _num(n / tau_epochs) if tau_epochs else None,
+        "n_tau": json_float(n / tau_epochs) if tau_epochs else None,
         "drift_epochs": drift_epochs,
         "angle_rms_over_predicted": ratio,
         "predicted": predicted, "stationarity": stationary, "angle": angle,
         "episode_detail": None if eps is None else {
             "analysable": eps.analysable, "converged_epoch": int(ep[eps.converged]) if eps.converged is not None else None,
-            "irregularity": _num(eps.irregularity) if eps.irregularity is not None else None,
-            "surrogate_p": _num(eps.surrogate_p) if eps.surrogate_p is not None else None,
-            "sensitivity": _num(sens) if sens is not None else None, "reason": eps.reason},
+            "irregularity": json_float(eps.irregularity) if eps.irregularity is not None else None,
+            "surrogate_p": json_float(eps.surrogate_p) if eps.surrogate_p is not None else None,
+            "sensitivity": json_float(sens) if sens is not None else None, "reason": eps.reason},
         "drops": {"transient_end_epoch": int(ep[min(t0, n - 1)]) if n else None,
-                  "events": [[int(ep[t0 + e.start]), int(ep[t0 + e.bottom]), int(ep[t0 + e.recovered]), _num(e.depth)]
+                  "events": [[int(ep[t0 + e.start]), int(ep[t0 + e.bottom]), int(ep[t0 + e.recovered]), json_float(e.depth)]
                              for e in drops],
-                  "sensitivity": _num(drop_sens) if drop_sens is not None else None},
+                  "sensitivity": json_float(drop_sens) if drop_sens is not None else None},
     })
     return out
 
@@ -237,8 +228,8 @@ def predicted_elr(run: Run) -> np.ndarray | None:
     if not applies or not run.initial or not run.initial.get("si_norm"):
         return None
     G, _ = series(run, "effective_grad_norm_rms", "effective_grad_norm")
-    p, lam, mu = rule_power(run), float(_cfg(run, "weight_decay")), float(_cfg(run, "momentum", 0.0))
-    lr0 = float(_cfg(run, "lr")) if p else float(np.nanmedian(rate_series(run)))
+    p, lam, mu = rule_power(run), float(run.setting("weight_decay")), float(run.setting("momentum", 0.0))
+    lr0 = float(run.setting("lr")) if p else float(np.nanmedian(rate_series(run)))
     rho = theory.evolve_norm(float(run.initial["si_norm"]), lr0, lam, G, power=p,
                              steps_per_epoch=int(round(steps_per_epoch(run))), epochs=len(run.metrics), momentum=mu)
     eta = lr0 / rho**p if p else np.full_like(rho, lr0)

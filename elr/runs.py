@@ -73,6 +73,11 @@ def clean_json(obj):
     return obj
 
 
+def json_float(x) -> float | None:
+    """One number as strict JSON takes it: a float, or None for a missing or non-finite value."""
+    return float(x) if x is not None and math.isfinite(float(x)) else None
+
+
 def dumps(obj) -> str:
     return json.dumps(clean_json(obj), allow_nan=False, sort_keys=False)
 
@@ -185,6 +190,11 @@ class Run:
 
     def series(self, key: str) -> np.ndarray:
         return series(self.metrics, key)
+
+    def setting(self, key: str, default=None):
+        """A configuration value; `default` where the run's config.json lacks it or holds null."""
+        v = self.config.get(key)
+        return default if v is None else v
 
     def __repr__(self) -> str:
         return f"Run({self.name!r}, epochs={len(self.metrics)})"
