@@ -96,9 +96,12 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def cmd_train(args) -> int:
-    from .train import train
+    from .train import RunDirConflict, train
 
-    summary = train(config_from_args(args), args.out, progress=args.progress)
+    try:
+        summary = train(config_from_args(args), args.out, progress=args.progress)
+    except RunDirConflict as e:
+        raise ConfigError(f"{e}; use another --out, or delete {args.out} to train this configuration there") from None
     if summary.get("interrupted"):
         print(f"stopped after epoch {summary['epochs_done']}/{summary['epochs']}: rerun the same command to resume",
               file=sys.stderr)

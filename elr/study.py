@@ -144,7 +144,7 @@ def train_all(configs: list[tuple[str, RunConfig]], root: str | Path, *, progres
     First pass: take every unclaimed run. Second pass: wait on the runs others hold, and finish any
     whose holder died. Raises ConfigError if a run directory holds a different configuration.
     """
-    from .train import train
+    from .train import RunDirConflict, train
 
     root = Path(root)
     for block in (False, True):
@@ -154,7 +154,11 @@ def train_all(configs: list[tuple[str, RunConfig]], root: str | Path, *, progres
                 continue
             with _claim(root / f".{name}.lock", block) as mine:
                 if mine and not rundir.run_ended(path):
-                    summary = train(cfg, path, progress=progress)
+                    try:
+                        summary = train(cfg, path, progress=progress)
+                    except RunDirConflict as e:
+                        raise ConfigError(f"{e}; the design changed under this runs directory: use another "
+                                          "--runs-dir, or --fresh to start this scale over") from None
                     if summary.get("interrupted"):
                         raise KeyboardInterrupt(f"run {name} interrupted at epoch {summary['epochs_done']}")
     return [root / name for name, _ in configs]

@@ -119,6 +119,11 @@ def environment(device: torch.device) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- run dir
+class RunDirConflict(ConfigError):
+    """The run directory holds another configuration. The advice depends on the caller (`elr train`: another
+    --out; a study: another --runs-dir or --fresh), so the message names only the conflict."""
+
+
 def check_run_dir(cfg: RunConfig, out: Path) -> None:
     """Refuse a directory that holds another configuration or cannot be written; touch nothing."""
     if runs.is_run_dir(out):
@@ -129,7 +134,7 @@ def check_run_dir(cfg: RunConfig, out: Path) -> None:
         old_id, new_id = old.identity(), cfg.identity()
         diff = [f"{k}: {old_id[k]!r} there, {new_id[k]!r} here" for k in new_id if old_id[k] != new_id[k]]
         if diff:
-            raise ConfigError(f"{out} holds a different run ({'; '.join(diff)}); use another --out or --fresh")
+            raise RunDirConflict(f"{out} holds a different run ({'; '.join(diff)})")
         return
     parent = out
     while not parent.exists():
@@ -310,7 +315,10 @@ def train(cfg: RunConfig, out: str | os.PathLike, *, progress: bool | None = Non
                      device=device)
     state = build_state(cfg, data.num_classes, device)
 
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # e.g. a pseudo file system that refuses directories even to root: nothing written yet
+        raise ConfigError(f"cannot create the run directory {out}: {e.strerror}; choose a writable --out") from None
     if not runs.is_run_dir(out):
         runs.write_json(out / runs.CONFIG, {**cfg.to_dict(), "env": environment(device)})
     ckpt = out / runs.CHECKPOINT

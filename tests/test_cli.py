@@ -1,6 +1,7 @@
 """Bad input: one line naming the problem and the accepted values, exit 2, nothing written is touched."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,11 +100,14 @@ def test_unknown_config_key_and_unwritable_out(tmp_path, capsys):
     blocker.write_text("x")
     run_bad(capsys, BASE + ["--out", str(blocker / "run")], "cannot write")
     assert blocker.read_text() == "x"
+    if Path("/proc/self").is_dir():   # a directory even root cannot create a subdirectory in
+        run_bad(capsys, BASE + ["--out", "/proc/elr-test-run"], "cannot create the run directory /proc/elr-test-run")
 
 
 def test_other_config_in_existing_dir_refused(existing, capsys):
     out, before = existing
-    run_bad(capsys, BASE + ["--out", str(out), "--lr", "0.5"], "different run")
+    line = run_bad(capsys, BASE + ["--out", str(out), "--lr", "0.5"], "different run")
+    assert "use another --out" in line and "--fresh" not in line   # advice `elr train` can follow
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 

@@ -162,3 +162,13 @@ def test_report_command_errors(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["report", str(tmp_path)]) == 2
     assert "no run directories" in capsys.readouterr().err
+
+
+def test_a_changed_design_under_a_runs_directory_gives_study_advice(tmp_path):
+    from elr import runs
+    from elr.study import train_all
+
+    name, cfg = expand(Design.load(DESIGN), "smoke")[0]
+    runs.write_json(tmp_path / name / runs.CONFIG, {**cfg.to_dict(), "lr": cfg.lr * 2})
+    with pytest.raises(ConfigError, match=r"different run .*--runs-dir, or --fresh"):
+        train_all([(name, cfg)], tmp_path)
