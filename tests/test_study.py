@@ -169,6 +169,7 @@ def test_a_changed_design_under_a_runs_directory_gives_study_advice(tmp_path):
     from elr.study import train_all
 
     name, cfg = expand(Design.load(DESIGN), "smoke")[0]
+    (tmp_path / name).mkdir()
     runs.write_json(tmp_path / name / runs.CONFIG, {**cfg.to_dict(), "lr": cfg.lr * 2})
     with pytest.raises(ConfigError, match=r"different run .*--runs-dir, or --fresh"):
         train_all([(name, cfg)], tmp_path)
