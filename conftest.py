@@ -210,9 +210,10 @@ class StudyReport:
             self.paths.append((write_report(out, verdicts, loaded, info), verdicts))
 
     def pytest_terminal_summary(self, terminalreporter):
-        from elr.report import verdict_table_md
+        from elr.report import REPORT_HTML, verdict_summary
 
         for path, verdicts in self.paths:
             terminalreporter.section("elr study report")
             terminalreporter.write_line(f"report: {path}")
-            terminalreporter.write_line(verdict_table_md(verdicts))
+            terminalreporter.write_line(f"        {path.with_name(REPORT_HTML)}")
+            terminalreporter.write_line(verdict_summary(verdicts))

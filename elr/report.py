@@ -237,6 +237,18 @@ def verdict_table_md(verdicts: list[Verdict]) -> str:
     return _md_table(VERDICT_COLUMNS, _verdict_rows(verdicts))
 
 
+def verdict_summary(verdicts: list[Verdict], width: int = 110) -> str:
+    """The verdicts as aligned plain-text lines for a terminal: id, verdict, and the reason's first sentence
+    (the criterion that decided it, or why the claim is inconclusive), cut to `width` characters."""
+    lines = []
+    for v in verdicts:
+        first = v.reason.split(". ")[0].strip().rstrip(".")
+        head = f"{v.id:<3} {v.verdict:<12} "
+        room = max(20, width - len(head))
+        lines.append(head + (first if len(first) <= room else first[:room - 1] + "…"))
+    return "\n".join(lines)
+
+
 def verdict_json(v: Verdict) -> dict:
     """One verdicts.json object: the issue's keys first, in its order, then reason and details."""
     return {"id": v.id, "claim": v.claim, "verdict": v.verdict, "statistic": v.statistic, "p": v.p,

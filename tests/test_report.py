@@ -403,3 +403,13 @@ def test_figures_use_no_pyplot_state(built):
     assert {k: matplotlib.rcParams[k] for k in built[3]} == built[3]     # rc_context only, restored
     if "matplotlib.pyplot" in sys.modules:
         assert sys.modules["matplotlib.pyplot"].get_fignums() == []
+
+
+def test_verdict_summary_is_aligned_and_gives_each_reason():
+    from elr.report import verdict_summary
+
+    vs = [Verdict("H1", "c", "inconclusive", None, None, None, None, [], "too few runs. More text."),
+          Verdict("H4", "c", "held", None, None, None, None, [], "x" * 300)]
+    lines = verdict_summary(vs, width=60).splitlines()
+    assert lines[0] == "H1  inconclusive too few runs"
+    assert lines[1].startswith("H4  held         x") and len(lines[1]) == 60 and lines[1].endswith("…")

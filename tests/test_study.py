@@ -113,7 +113,9 @@ def test_plugin_end_to_end_under_xdist_writes_one_report(micro):
     expected = {"held": "PASSED", "refuted": "FAILED", "inconclusive": "SKIPPED"}
     assert outcomes(micro.path / "first.xml") == {k: expected[v["verdict"]] for k, v in verdicts.items()}
     assert len(list((micro.path / "runs" / "micro").glob("*/summary.json"))) == 26
-    assert "elr study report" in first.stdout.str() and str(reports[0] / "report.md") in first.stdout.str()
+    out = first.stdout.str()
+    assert "elr study report" in out and str(reports[0] / "report.md") in out and str(reports[0] / "report.html") in out
+    assert all(f"{k}  {v['verdict']}" in out for k, v in verdicts.items())   # the aligned summary
 
     # the same study without xdist: the runs are reused and the verdicts and outcomes agree
     second = micro.runpytest_subprocess(*args[:-1], "rep2", "--junitxml=second.xml")
