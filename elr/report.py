@@ -42,6 +42,7 @@ from elr.runs import Run, atomic_write, write_json
 from elr.verdict import Verdict
 
 REPORT_MD, REPORT_HTML, VERDICTS_JSON = "report.md", "report.html", "verdicts.json"
+PIPELINE_ONLY_SCALES = ("smoke",)   # scales whose reports open with a warning that verdicts mean nothing there
 CURVE_METRICS = ("elr", "si_norm", "train_loss", "test_acc")
 LOG_Y_METRICS = ("elr", "si_norm", "train_loss")
 FIGURES = ("h1_elr_theory.png", "h2_controls.png", "h2_episodes.png", "h3_accuracy.png", "h4_drops.png",
@@ -1237,7 +1238,11 @@ def write_report(out_dir, verdicts: list[Verdict], runs: list[Run], meta: dict) 
     title = f"ELR study report — {scale}, {date}"
     cat = Catalog(runs)
 
-    blocks = [("h", 1, title), ("h", 2, "Verdicts"), ("table", VERDICT_COLUMNS, _verdict_rows(verdicts))]
+    blocks = [("h", 1, title)]
+    if scale in PIPELINE_ONLY_SCALES:
+        blocks.append(("kv", "Read this first", f"the {scale} scale only exercises the pipeline (a few epochs, small or "
+                                                 "synthetic data): its verdicts say nothing about the science."))
+    blocks += [("h", 2, "Verdicts"), ("table", VERDICT_COLUMNS, _verdict_rows(verdicts))]
     if not verdicts:
         blocks.append(("note", "No claim was evaluated."))
     blocks.append(("kv", "Multiplicity", claims.MULTIPLICITY))

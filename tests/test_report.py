@@ -377,7 +377,9 @@ def test_missing_or_malformed_evidence_never_stops_the_report(tmp_path):
     assert "No setup recorded." in md and all(f"reason {cid}" in md for cid in garbage)
     assert "could not" not in md                     # each section coped with its garbage itself
     md = read_md(write_report(out, [], [], {}))
-    assert "No claim was evaluated." in md and "No runs." in md
+    assert "No claim was evaluated." in md and "No runs." in md and "Read this first" not in md
+    md = read_md(write_report(out, [], [], {"scale": "smoke"}))
+    assert md.index("Read this first") < md.index("Verdicts") and "say nothing about the science" in md
     assert json.loads((out / "verdicts.json").read_text()) == []
     assert not any((out / n).exists() for n in FIGURES)
 
