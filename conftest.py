@@ -199,13 +199,13 @@ class StudyReport:
     def pytest_sessionfinish(self, session):
         from elr import runs
         from elr.report import write_report
-        from elr.study import meta
+        from elr.study import meta, report_dir
         from elr.verdict import Verdict
 
         for scale, root in self.studies.items():
             loaded = runs.load_runs(root)
             info = meta(loaded, session_wall_time_s=round(time.time() - self.started, 1), scale=scale)
-            out = (Path(self.config.getoption("report_dir")) / f"{scale}-{info['date']}").resolve()
+            out = report_dir(Path(self.config.getoption("report_dir")).resolve(), f"{scale}-{info['date']}", Path(root))
             verdicts = [Verdict.from_json(self.verdicts[scale][k]) for k in sorted(self.verdicts[scale])]
             self.paths.append((write_report(out, verdicts, loaded, info), verdicts))
 

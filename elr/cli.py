@@ -80,8 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--no-sensitivity", action="store_true", help="skip the injection tests (faster)")
 
     r = sub.add_parser("report", help="rebuild a report from existing run directories, without training")
-    r.add_argument("runs_dir", type=Path, help="directory holding run directories (each with config.json)")
-    r.add_argument("--out", type=Path, help="report directory (default reports/<runs dir name>)")
+    r.add_argument("runs_dir", type=Path, help="a study's runs directory (RUNS_DIR/<scale>), or RUNS_DIR to report every "
+                                                "study under it")
+    r.add_argument("--out", type=Path, help="report directory (default reports/<scale>-<date>, with a -2, -3 ... suffix "
+                                            "rather than over another study's report)")
     return p
 
 
@@ -135,10 +137,8 @@ def cmd_inspect(args) -> int:
 def cmd_report(args) -> int:
     from .study import rebuild_report
 
-    if not args.runs_dir.is_dir():
-        raise ConfigError(f"runs directory {args.runs_dir} does not exist")
-    path = rebuild_report(args.runs_dir, args.out)
-    print(path)
+    for path in rebuild_report(args.runs_dir, args.out):
+        print(path)
     return 0
 
 

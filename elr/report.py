@@ -42,6 +42,7 @@ from elr.runs import Run, atomic_write, write_json
 from elr.verdict import Verdict
 
 REPORT_MD, REPORT_HTML, VERDICTS_JSON = "report.md", "report.html", "verdicts.json"
+SOURCE = "source.txt"   # the runs directory the report was made from: a rebuild never overwrites another study's
 PIPELINE_ONLY_SCALES = ("smoke",)   # scales whose reports open with a warning that verdicts mean nothing there
 CURVE_METRICS = ("elr", "si_norm", "train_loss", "test_acc")
 LOG_Y_METRICS = ("elr", "si_norm", "train_loss")
@@ -1295,6 +1296,10 @@ def write_report(out_dir, verdicts: list[Verdict], runs: list[Run], meta: dict) 
         if name not in figures:  # a figure this build could not make must not survive from the last one
             (out / name).unlink(missing_ok=True)
     write_json(out / VERDICTS_JSON, [verdict_json(v) for v in verdicts])
+    roots = {str(r.path.resolve().parent) for r in runs if r.path is not None}
+    if len(roots) == 1:
+        source = (roots.pop() + "\n").encode()
+        atomic_write(out / SOURCE, lambda f: f.write(source))
     md, page = _render_md(blocks).encode(), _render_html(blocks, title).encode()
     atomic_write(out / REPORT_HTML, lambda f: f.write(page))
     atomic_write(out / REPORT_MD, lambda f: f.write(md))

@@ -203,13 +203,49 @@ def evaluate(loaded: list[rundir.Run]):
     return evaluate_all(loaded)
 
 
-def rebuild_report(runs_dir: str | Path, out: str | Path | None = None) -> Path:
-    """`python -m elr report RUNS_DIR`: verdicts and figures from existing run directories, no training."""
+def find_studies(path: str | Path) -> list[Path]:
+    """The study directories (directories of run directories) at or below `path`: its subdirectories that
+    hold run directories (RUNS_DIR/<scale>/<run>/), or else `path` itself. A lone run beside them (runs/demo)
+    is not a study. Raises ConfigError when there is none."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ConfigError(f"runs directory {path} does not exist")
+    below = sorted(d for d in path.iterdir() if d.is_dir() and not rundir.is_run_dir(d) and rundir.list_runs(d))
+    if below:
+        return below
+    if not rundir.is_run_dir(path) and rundir.list_runs(path):
+        return [path]
+    raise ConfigError(f"no study in {path}: expected run directories (each with config.json) in it or in its "
+                      "subdirectories, as pytest experiments/ leaves them in RUNS_DIR/<scale>/")
+
+
+def report_dir(base: str | Path, name: str, source: Path) -> Path:
+    """BASE/NAME, or BASE/NAME-2, -3, ... when BASE/NAME holds the report of another runs directory: a
+    report is rebuilt in place only from the runs it was made from (report.SOURCE records them)."""
+    from .report import REPORT_MD, SOURCE
+
+    base, k = Path(base), 1
+    while True:
+        out = base / (name if k == 1 else f"{name}-{k}")
+        made_from = out / SOURCE
+        if not (out / REPORT_MD).exists() or (made_from.is_file() and
+                                              made_from.read_text().strip() == str(source.resolve())):
+            return out
+        k += 1
+
+
+def rebuild_report(runs_dir: str | Path, out: str | Path | None = None) -> list[Path]:
+    """`python -m elr report PATH`: verdicts and figures from existing run directories, no training, one
+    report per study found (find_studies). Default REPORTS: reports/<scale>-<date>/ (report_dir); with
+    `out`, exactly there for one study, out/<scale>-<date>/ for several."""
     from .report import write_report
 
-    loaded = rundir.load_runs(runs_dir)
-    if not loaded:
-        raise ConfigError(f"no run directories (with config.json) in {runs_dir}")
-    info = meta(loaded)
-    out = Path(out) if out else Path("reports") / f"{Path(runs_dir).resolve().name}-{info['date']}"
-    return write_report(out, evaluate(loaded), loaded, info)
+    studies = find_studies(runs_dir)
+    made = []
+    for root in studies:
+        loaded = rundir.load_runs(root)
+        info = meta(loaded)
+        name = f"{info['scale'].replace(', ', '+')}-{info['date']}"
+        target = Path(out) if out and len(studies) == 1 else report_dir(out or "reports", name, root)
+        made.append(write_report(target, evaluate(loaded), loaded, info))
+    return made

@@ -347,7 +347,8 @@ def test_an_older_study_gets_notes_and_a_rebuild_removes_stale_figures(tmp_path,
     gone = {"h2_controls.png", "h5_angle.png", "h6_lr_sensitivity.png", *LEGACY_FIGURES}
     assert not any((out / name).exists() for name in gone)
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        {"report.md", "report.html", "verdicts.json", *FIGURES} - gone)
+        {"report.md", "report.html", "verdicts.json", "source.txt", *FIGURES} - gone)
+    assert (out / "source.txt").read_text().strip() == str(root.resolve())   # the runs it was made from
     assert "h2_controls.png omitted: no detector control (periodic / smooth) in this study" in md
     assert "h6_lr_sensitivity.png omitted: no ELR / plain-SGD cell pairs in this study" in md
     assert "no theory line in any panel (no epoch-0 records" in md

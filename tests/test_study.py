@@ -163,7 +163,32 @@ def test_report_command_errors(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nothing")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["report", str(tmp_path)]) == 2
-    assert "no run directories" in capsys.readouterr().err
+    assert "no study in" in capsys.readouterr().err
+
+
+def test_report_finds_the_studies_and_never_overwrites_another_studys_report(tmp_path, capsys, monkeypatch):
+    import fakeruns
+    from elr.report import SOURCE
+    from elr.study import find_studies
+
+    runs_dir = tmp_path / "runs"
+    fakeruns.write_run(runs_dir, "demo", epochs=5)                       # a lone run beside the study
+    for i in range(2):
+        fakeruns.write_run(runs_dir / "smoke", f"r{i}", epochs=5)
+    fakeruns.write_run(tmp_path / "other" / "smoke", "r0", epochs=5)     # another study, the same scale
+    assert find_studies(runs_dir) == find_studies(runs_dir / "smoke") == [runs_dir / "smoke"]
+    with pytest.raises(ConfigError, match="no study in"):
+        find_studies(runs_dir / "demo")
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", "runs"]) == 0
+    first = Path(capsys.readouterr().out.strip())
+    assert first.parent.parent == Path("reports") and first.parent.name.startswith("fake-")
+    assert (first.parent / SOURCE).read_text().strip() == str((runs_dir / "smoke").resolve())
+    assert main(["report", "runs"]) == 0                                  # the same study: rebuilt in place
+    assert Path(capsys.readouterr().out.strip()) == first
+    assert main(["report", "other"]) == 0                                 # another study: a new folder
+    second = Path(capsys.readouterr().out.strip())
+    assert second.parent.name == first.parent.name + "-2" and (first.parent / "report.md").exists()
 
 
 def test_a_changed_design_under_a_runs_directory_gives_study_advice(tmp_path):
