@@ -145,11 +145,6 @@ def study(request, scale) -> Study:
     from elr.study import Design, evaluate, expand, train_all
 
     config = request.config
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if workers > 1 and not config.getoption("gpu"):
-        import torch
-
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))  # one share of the cores each
     try:
         configs = expand(Design.load(config.getoption("design")), scale, seeds=config.getoption("seeds"),
                          data=config.getoption("data"), device=_device(config))

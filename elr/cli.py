@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = t.add_argument_group("run")
     g.add_argument("--seed", type=int, help="seed of initialisation and batch order (default 0)")
     g.add_argument("--device", help="cpu (default) | cuda | cuda:N")
+    g.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, all cores); results depend "
+                                               "on it in the last bits, so a study fixes it at 1 per run")
     g.add_argument("--checkpoint-every", type=int, help="epochs between checkpoints (default 1; always at the end and on Ctrl-C)")
     g.add_argument("--progress", type=_flag, help="live progress line: true|false (default: on a terminal only)")
 

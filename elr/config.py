@@ -52,6 +52,7 @@ class RunConfig:
     # --- run
     seed: int = 0                    # model init and batch order
     device: str = "cpu"
+    threads: int | None = None       # torch intra-op threads for this run; None = torch's default (all cores)
     checkpoint_every: int = 1        # epochs between checkpoints (and always at the end / on interrupt)
     labels: dict = field(default_factory=dict)  # free-form study labels, e.g. {"group": "elr"}
 
@@ -73,7 +74,7 @@ class RunConfig:
     def identity(self) -> dict:
         """The fields that define the run: a run directory refuses a different identity."""
         d = self.to_dict()
-        for k in ("device", "checkpoint_every"):  # where and how often, not what, is trained
+        for k in ("device", "checkpoint_every", "threads"):  # where, how often and how fast, not what, is trained
             d.pop(k)
         return d
 
@@ -109,7 +110,7 @@ class RunConfig:
             raise ConfigError(f"batch_size must be an integer >= 2 (BatchNorm needs 2 samples), got {self.batch_size!r}")
         if self.width is not None:
             positive("width", self.width, integer=True)
-        for name in ("subset", "test_subset"):
+        for name in ("subset", "test_subset", "threads"):
             if getattr(self, name) is not None:
                 positive(name, getattr(self, name), integer=True)
         nonneg("weight_decay", self.weight_decay)

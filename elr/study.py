@@ -24,6 +24,9 @@ from . import runs as rundir
 from .config import ConfigError, RunConfig, load_mapping
 
 DESIGN_KEYS = {"batch_size", "elr", "baseline", "sgd", "controls", "scales"}
+# One intra-op thread per run, whatever -n is: a run's numbers depend on the thread count (reduction order),
+# so a serial study and one under -n N train identically, and N workers never oversubscribe the cores.
+STUDY_THREADS = 1
 SCALE_KEYS = {"model", "width", "data", "subset", "test_subset", "epochs", "checkpoint_every"}  # what, and how often to save
 
 
@@ -93,7 +96,7 @@ def expand(design: Design, scale_name: str, *, seeds: int = 1, data: str | None 
     scale = design.scale(scale_name)
     if data:
         scale["data"] = data
-    base = dict(scale, batch_size=design.batch_size, device=device)
+    base = dict(scale, batch_size=design.batch_size, device=device, threads=STUDY_THREADS)
     elr = {k: v for k, v in design.elr.items() if k not in ("lr0", "weight_decay")}
     grid = [(lr0, wd) for lr0 in design.elr["lr0"] for wd in design.elr["weight_decay"]]
     arms = [(f"elr-lr{lr0:g}-wd{wd:g}", "elr", dict(elr, lr=lr0, weight_decay=wd), {}) for lr0, wd in grid]

@@ -100,6 +100,7 @@ def initial_rule_rate(cfg: RunConfig) -> float:
 
 def environment(device: torch.device) -> dict:
     env = {"elr": __version__, "python": platform.python_version(), "torch": torch.__version__,
+           "threads": torch.get_num_threads(),
            "numpy": np.__version__, "cuda": torch.version.cuda, "platform": platform.platform()}
     try:
         import torchvision
@@ -311,6 +312,9 @@ def train(cfg: RunConfig, out: str | os.PathLike, *, progress: bool | None = Non
     if runs.run_ended(out):
         return runs.read_summary(out)
     device = torch.device(cfg.device)
+    if cfg.threads:
+        # the reduction order, hence the last bits of every result, depends on the thread count: a study fixes it
+        torch.set_num_threads(cfg.threads)
     data = load_data(cfg.data, subset=cfg.subset, test_subset=cfg.test_subset, seed=cfg.data_seed,
                      device=device)
     state = build_state(cfg, data.num_classes, device)
