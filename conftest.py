@@ -111,6 +111,49 @@ def pytest_sessionstart(session):
                 fresh(Path(config.getoption("runs_dir")) / s)
         except ConfigError as e:  # a refusal is bad input: one line, exit 2, nothing deleted
             pytest.exit(f"elr: {e}", returncode=2)
+    _start_progress(config)
+
+
+def _start_progress(config) -> None:
+    """The controller follows each study's runs directory and reports its progress (a terminal: one line
+    rewritten every 2 s; a log: a line every 60 s; ELR_PROGRESS_SECONDS overrides the interval). It writes
+    through pytest's terminal reporter, the one stream pytest's output capture leaves alone."""
+    from elr.study import Design, StudyProgress, expand
+
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        return
+    tty = bool(reporter.isatty)
+    every = float(os.environ.get("ELR_PROGRESS_SECONDS") or (2.0 if tty else 60.0))
+    stream = _ReporterStream(config, reporter)
+    design = Design.load(config.getoption("design"))
+    config._elr_progress = [
+        StudyProgress(expand(design, s, seeds=config.getoption("seeds"), data=config.getoption("data")),
+                      Path(config.getoption("runs_dir")) / s, label=s, stream=stream, every=every, tty=tty).start()
+        for s in _scales(config)]
+
+
+class _ReporterStream:
+    """Writes through the terminal reporter with pytest's output capture set aside for the moment (a serial
+    session trains inside a test's setup, where the capture is on; an xdist controller runs no test)."""
+
+    def __init__(self, config, reporter):
+        self.reporter, self.capman = reporter, config.pluginmanager.get_plugin("capturemanager")
+
+    def write(self, text: str) -> None:
+        if self.capman is None:
+            self.reporter.write(text, flush=True)
+            return
+        with self.capman.global_and_fixture_disabled():
+            self.reporter.write(text, flush=True)
+
+    def flush(self) -> None:
+        pass
+
+
+def pytest_unconfigure(config):
+    for progress in getattr(config, "_elr_progress", []):
+        progress.stop()
 
 
 # ------------------------------------------------------------------------------------------- fixtures

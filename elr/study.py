@@ -14,6 +14,8 @@ import datetime as _dt
 import fcntl
 import math
 import shutil
+import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,6 +167,68 @@ def train_all(configs: list[tuple[str, RunConfig]], root: str | Path, *, progres
                     if summary.get("interrupted"):
                         raise KeyboardInterrupt(f"run {name} interrupted at epoch {summary['epochs_done']}")
     return [root / name for name, _ in configs]
+
+
+class StudyProgress:
+    """A study's progress, read from its runs directory (so it sees every worker's runs, xdist or not) and
+    written by a daemon thread: on a terminal one line rewritten in place every `every` seconds, otherwise
+    (a CI log) a plain line every `every` seconds. Stopping writes a last line."""
+
+    def __init__(self, configs: list[tuple[str, RunConfig]], root: str | Path, *, label: str, stream,
+                 every: float, tty: bool):
+        self.epochs = {name: cfg.epochs for name, cfg in configs}
+        self.root, self.label, self.stream, self.every, self.tty = Path(root), label, stream, every, tty
+        self.started = time.monotonic()
+        self.done_at_start = self._epochs_done()[0]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="elr-study-progress")
+
+    def _epochs_done(self) -> tuple[int, list[str], int]:
+        """(epochs trained so far, 'name epoch e/E' of runs in progress, runs ended)."""
+        done, running, ended = 0, [], 0
+        for name, total in self.epochs.items():
+            path = self.root / name
+            if rundir.run_ended(path):
+                done, ended = done + total, ended + 1
+                continue
+            metrics = path / rundir.METRICS
+            n = metrics.read_bytes().count(b"\n") - 1 if metrics.exists() else 0   # minus the epoch-0 record
+            if n > 0:
+                done += min(n, total)
+                running.append(f"{name} epoch {min(n, total)}/{total}")
+        return done, running, ended
+
+    def line(self) -> str:
+        done, running, ended = self._epochs_done()
+        total = sum(self.epochs.values())
+        elapsed = time.monotonic() - self.started
+        rate = (done - self.done_at_start) / elapsed if elapsed > 0 else 0.0
+        eta = f", ETA {_duration((total - done) / rate)}" if rate > 0 and done < total else ""
+        now = f"; training {', '.join(running)}" if running else ""
+        return (f"elr study {self.label}: {ended}/{len(self.epochs)} runs done, {done}/{total} epochs, "
+                f"{_duration(elapsed)} elapsed{eta}{now}")
+
+    def _write(self, text: str, final: bool = False) -> None:
+        self.stream.write(("\r" + text + "\x1b[K" + ("\n" if final else "")) if self.tty else text + "\n")
+        self.stream.flush()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            self._write(self.line())
+
+    def start(self) -> "StudyProgress":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._write(self.line(), final=True)
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
 def fresh(root: str | Path) -> None:

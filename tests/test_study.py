@@ -100,7 +100,8 @@ def outcomes(junit: Path) -> dict:
     return found
 
 
-def test_plugin_end_to_end_under_xdist_writes_one_report(micro):
+def test_plugin_end_to_end_under_xdist_writes_one_report(micro, monkeypatch):
+    monkeypatch.setenv("ELR_PROGRESS_SECONDS", "0.5")
     args = ["experiments/", "--scale", "micro", "-p", "no:cacheprovider", "--report-dir", "rep"]
     first = micro.runpytest_subprocess(*args, "-n", "2", "--junitxml=first.xml")
     assert first.ret in (0, 1), first.stdout.str()
@@ -116,6 +117,7 @@ def test_plugin_end_to_end_under_xdist_writes_one_report(micro):
     out = first.stdout.str()
     assert "elr study report" in out and str(reports[0] / "report.md") in out and str(reports[0] / "report.html") in out
     assert all(f"{k}  {v['verdict']}" in out for k, v in verdicts.items())   # the aligned summary
+    assert "elr study micro: 26/26 runs done" in out and "epochs" in out        # the controller's progress
 
     # the reproducibility contract: the same study trained again serially (one thread per run either way)
     # gives identical metrics, value for value, and an identical verdicts.json
@@ -209,3 +211,24 @@ def test_a_changed_design_under_a_runs_directory_gives_study_advice(tmp_path):
     runs.write_json(tmp_path / name / runs.CONFIG, {**cfg.to_dict(), "lr": cfg.lr * 2})
     with pytest.raises(ConfigError, match=r"different run .*--runs-dir, or --fresh"):
         train_all([(name, cfg)], tmp_path)
+
+
+def test_study_progress_counts_from_the_runs_directory(tmp_path):
+    import io
+
+    from elr import runs
+    from elr.study import StudyProgress
+
+    configs = expand(Design.load(DESIGN), "smoke")[:3]
+    (a, ca), (b, cb), (c, _) = configs
+    for name, n in ((a, ca.epochs), (b, 7)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / runs.METRICS).write_text("".join(json.dumps({"epoch": e}) + "\n" for e in range(n + 1)))
+    runs.write_json(tmp_path / a / runs.SUMMARY, {"finished": True})
+    stream = io.StringIO()
+    progress = StudyProgress(configs, tmp_path, label="smoke", stream=stream, every=60, tty=False)
+    line = progress.line()
+    assert line.startswith(f"elr study smoke: 1/3 runs done, {ca.epochs + 7}/{3 * ca.epochs} epochs")
+    assert f"training {b} epoch 7/{cb.epochs}" in line and c not in line
+    progress.start().stop()
+    assert stream.getvalue().count("\n") == 1 and stream.getvalue().startswith("elr study smoke: 1/3")
