@@ -145,11 +145,21 @@ def check_run_dir(cfg: RunConfig, out: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- epoch
-def _si_rate(state: RunState, layer_sq: torch.Tensor, lr_by_group: dict[str, float]) -> torch.Tensor:
-    # Lobacheva et al. 2021: total ELR = lr / sum ||w_l||^2; derived: with per-layer rates lr is their
-    # ||w_l||^2-weighted mean, so the total equals sum_l lr_l ||w_l||^2 / (sum_l ||w_l||^2)^2
-    rates = torch.tensor([lr_by_group[n] for n in state.si], dtype=layer_sq.dtype, device=layer_sq.device)
-    return (rates * layer_sq).sum() / layer_sq.sum()
+class _SIRates:
+    """The SI layers' current rates as a device tensor, rebuilt only when a rate changed: a rule recomputed
+    per epoch (or a schedule) costs one host-to-device copy per epoch, not one per step."""
+
+    def __init__(self, state: RunState, device):
+        groups = {g["name"]: g for g in state.optimizer.param_groups}
+        self.groups, self.device, self.key, self.tensor = [groups[n] for n in state.si], device, None, None
+
+    def weighted(self, layer_sq: torch.Tensor) -> torch.Tensor:
+        # Lobacheva et al. 2021: total ELR = lr / sum ||w_l||^2; derived: with per-layer rates lr is their
+        # ||w_l||^2-weighted mean, so the total equals sum_l lr_l ||w_l||^2 / (sum_l ||w_l||^2)^2
+        key = tuple(g["lr"] for g in self.groups)
+        if key != self.key:
+            self.key, self.tensor = key, torch.tensor(key, dtype=layer_sq.dtype, device=self.device)
+        return (self.tensor * layer_sq).sum() / layer_sq.sum()
 
 
 def run_epoch(state: RunState, data: Data, cfg: RunConfig) -> dict:
@@ -162,6 +172,7 @@ def run_epoch(state: RunState, data: Data, cfg: RunConfig) -> dict:
     start = [p.detach().clone() for p in si_params]
     prev = [p.detach().clone() for p in si_params]
     state.schedule.on_epoch_start(state.epoch + 1)
+    si_rates = _SIRates(state, dev)
     model.train()
     batches = batch_indices(len(data.y_train), cfg.batch_size, state.perm, dev)
     for idx in batches:
@@ -178,7 +189,7 @@ def run_epoch(state: RunState, data: Data, cfg: RunConfig) -> dict:
             rho_sq = layer_sq.sum()
             grad_sum += g
             geff_sq_sum += g**2 * rho_sq        # Wan et al. 2021: G = ||g|| ||w||, squared for the RMS
-            elr_sum += _si_rate(state, layer_sq, {gr["name"]: gr["lr"] for gr in opt.param_groups}) / rho_sq
+            elr_sum += si_rates.weighted(layer_sq) / rho_sq
         opt.step()
         state.schedule.on_step_end()
         if si_params:
