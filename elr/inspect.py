@@ -141,8 +141,9 @@ def analyse(run: Run, *, sensitivity: bool = True, seed: int = 0) -> dict:
     sens = (detectors.episode_sensitivity(loss, rho, elr, seed=seed)
             if sensitivity and eps is not None and eps.analysable else None)
     t0 = transient_end(acc)
-    drops = detectors.drop_events(detectors.finite_prefix(acc)[t0:]) if n else []
-    drop_sens = detectors.drop_sensitivity(detectors.finite_prefix(acc)[t0:], seed=seed) if sensitivity and n else None
+    after = detectors.finite_prefix(acc)[t0:]
+    drops = detectors.drop_events(after) if n else []
+    drop_sens = detectors.drop_sensitivity(after, seed=seed) if sensitivity and n else None
 
     # --- theory beside measurement
     applies, why_not = theory_applies(run) if n else (False, "no epochs recorded")
