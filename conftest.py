@@ -12,6 +12,7 @@ controller only and writes reports/<scale>-<date>/ once, from every worker's ver
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,26 +93,38 @@ def _check_request(config) -> str | None:
     return None
 
 
+def _runs_the_study(config) -> bool:
+    """The controller of a session that collects experiments/ (pytest tests/ never trains a study)."""
+    return not _is_worker(config) and any(
+        Path(a).resolve().is_relative_to(ROOT / "experiments") or (ROOT / "experiments").resolve().is_relative_to(Path(a).resolve())
+        for a in (config.args or ["."]) if Path(a.split("::")[0]).exists())
+
+
 @pytest.hookimpl(tryfirst=True)
-def pytest_sessionstart(session):
-    config = session.config
-    if _is_worker(config) or not any(Path(a).resolve().is_relative_to(ROOT / "experiments") or
-                                     (ROOT / "experiments").resolve().is_relative_to(Path(a).resolve())
-                                     for a in (config.args or ["."]) if Path(a.split("::")[0]).exists()):
-        return
+def pytest_cmdline_main(config):
+    """Bad input stops the session before it starts: one line on stderr, exit 2. (pytest.exit from a session
+    hook prints its message twice, once as 'Exit:' and once framed in '!'.)"""
+    if config.option.help or config.option.version or not _runs_the_study(config):
+        return None
     reason = _check_request(config)
-    if reason:
-        pytest.exit(f"elr: {reason}", returncode=2)
-    if config.getoption("fresh"):
+    if reason is None and config.getoption("fresh"):
         from elr.config import ConfigError
         from elr.study import fresh
 
         try:
             for s in _scales(config):
                 fresh(Path(config.getoption("runs_dir")) / s)
-        except ConfigError as e:  # a refusal is bad input: one line, exit 2, nothing deleted
-            pytest.exit(f"elr: {e}", returncode=2)
-    _start_progress(config)
+        except ConfigError as e:  # a refusal is bad input: nothing deleted
+            reason = str(e)
+    if reason:
+        sys.stderr.write(f"elr: {reason}\n")
+        return 2
+    return None
+
+
+def pytest_sessionstart(session):
+    if _runs_the_study(session.config):
+        _start_progress(session.config)
 
 
 def _start_progress(config) -> None:

@@ -158,12 +158,12 @@ def test_long_study_needs_gpu_missing_data_stops_and_long_never_starts_by_defaul
     out = {name: (p.communicate()[0], p.returncode) for name, p in
            [("long", long_run), ("missing", missing), ("collected", collected), ("refused", refused)]}
     text, code = out["refused"]
-    assert code == 2 and "--fresh refuses to delete" in text and "Traceback" not in text, text
+    assert code == 2 and text.count("--fresh refuses to delete") == 1 and "Traceback" not in text, text
     assert stray.read_text() == "mine"
     text, code = out["long"]
-    assert code == 2 and "the long study trains on CUDA: add --gpu" in text, text
+    assert code == 2 and text.count("the long study trains on CUDA: add --gpu") == 1, text   # once, not twice
     text, code = out["missing"]
-    assert code == 2 and "none.npz does not exist" in text and not (micro.path / "runs").exists(), text
+    assert code == 2 and text.count("none.npz does not exist") == 1 and not (micro.path / "runs").exists(), text
     text, code = out["collected"]
     assert code == 0, text
     assert "test_h1_elr_converges_to_one_value[selected]" in text and "[full]" not in text
