@@ -162,8 +162,9 @@ class _SIRates:
         return (self.tensor * layer_sq).sum() / layer_sq.sum()
 
 
-def run_epoch(state: RunState, data: Data, cfg: RunConfig) -> dict:
-    """One pass over the training data plus evaluation; returns the epoch's metrics record."""
+def run_epoch(state: RunState, data: Data, cfg: RunConfig, on_step=None) -> dict:
+    """One pass over the training data plus evaluation; returns the epoch's metrics record.
+    on_step(i, n) is called after the i-th of n steps (host-side only: it must not read device tensors)."""
     model, opt, si_params = state.model, state.optimizer, list(state.si.values())
     dev = data.x_train.device
     zero = lambda: torch.zeros((), device=dev)  # noqa: E731
@@ -175,7 +176,7 @@ def run_epoch(state: RunState, data: Data, cfg: RunConfig) -> dict:
     si_rates = _SIRates(state, dev)
     model.train()
     batches = batch_indices(len(data.y_train), cfg.batch_size, state.perm, dev)
-    for idx in batches:
+    for i, idx in enumerate(batches, 1):
         x, y = data.x_train[idx], data.y_train[idx]
         out = model(x)
         loss = F.cross_entropy(out, y)
@@ -199,6 +200,8 @@ def run_epoch(state: RunState, data: Data, cfg: RunConfig) -> dict:
         loss_sum += loss.detach()
         acc_sum += (out.argmax(1) == y).float().mean()
         state.step += 1
+        if on_step is not None:
+            on_step(i, len(batches))
     n_batches = len(batches)
 
     test_loss, test_correct = evaluate(model, data)
@@ -322,6 +325,18 @@ def train(cfg: RunConfig, out: str | os.PathLike, *, progress: bool | None = Non
     check_run_dir(cfg, out)
     if runs.run_ended(out):
         return runs.read_summary(out)
+    show = sys.stderr.isatty() if progress is None else progress
+    live = Progress(cfg, sys.stderr) if show else None
+    try:
+        return _train(cfg, out, live)
+    finally:
+        if live:
+            live.close()
+
+
+def _train(cfg: RunConfig, out: Path, live: Progress | None) -> dict:
+    if live:
+        live.note("loading data and building the model")
     device = torch.device(cfg.device)
     if cfg.threads:
         # the reduction order, hence the last bits of every result, depends on the thread count: a study fixes it
@@ -343,12 +358,13 @@ def train(cfg: RunConfig, out: str | os.PathLike, *, progress: bool | None = Non
     if state.epoch == 0 and runs.read_initial(out) is None:
         runs.append_metrics(out, initial_record(state, data, cfg))
 
-    show = sys.stderr.isatty() if progress is None else progress
-    session_start, first_epoch = time.perf_counter(), state.epoch
+    session_start = time.perf_counter()
+    if live:
+        live.begin(state.epoch)
     diverged_epoch, record = None, None
     with _StopRequest() as stop:
         while state.epoch < cfg.epochs:
-            record = run_epoch(state, data, cfg)
+            record = run_epoch(state, data, cfg, on_step=live.step if live else None)
             record["wall_time"] = state.wall_time + time.perf_counter() - session_start
             if record["test_acc"] is not None and record["test_acc"] > state.best_acc:
                 state.best_acc, state.best_epoch = record["test_acc"], state.epoch
@@ -359,12 +375,10 @@ def train(cfg: RunConfig, out: str | os.PathLike, *, progress: bool | None = Non
             last = diverged_epoch is not None or state.epoch == cfg.epochs or stop.requested
             if last or state.epoch % cfg.checkpoint_every == 0:
                 runs.atomic_write(ckpt, lambda f: torch.save(state.checkpoint(record["wall_time"]), f))
-            if show:
-                print_progress(record, cfg, session_start, first_epoch)
+            if live:
+                live.epoch(record)
             if last:
                 break
-    if show:
-        sys.stderr.write("\n")
     if state.epoch < cfg.epochs and diverged_epoch is None:
         return {"interrupted": True, "epochs_done": state.epoch, "epochs": cfg.epochs}
     summary = summarize(runs.read_metrics(out), cfg, diverged_epoch)
@@ -385,12 +399,52 @@ def summarize(records: list[dict], cfg: RunConfig, diverged_epoch: int | None) -
     }
 
 
-def print_progress(r: dict, cfg: RunConfig, session_start: float, first_epoch: int) -> None:
-    elapsed = time.perf_counter() - session_start
-    eta = elapsed / max(r["epoch"] - first_epoch, 1) * (cfg.epochs - r["epoch"])
-    lr = r["lr"] if isinstance(r["lr"], float) else float(np.mean(list(r["lr"].values())))
-    fmt = lambda v, f: "nan" if v is None else format(v, f)  # noqa: E731
-    sys.stderr.write(f"\repoch {r['epoch']}/{cfg.epochs}  loss {fmt(r['train_loss'], '.4f')}  "
-                     f"acc {fmt(r['train_acc'], '.3f')}  test {fmt(r['test_acc'], '.3f')}  lr {lr:.3g}  "
-                     f"elr {fmt(r['elr'], '.3g')}  eta {eta:,.0f}s ")
-    sys.stderr.flush()
+class Progress:
+    """`elr train`'s live line, rewritten in place: within an epoch at most every `every` seconds (one epoch of
+    a large model on a CPU takes minutes, and the user should see it move from the first step), and after
+    every epoch with its metrics. Display state only: nothing here touches the run."""
+
+    def __init__(self, cfg: RunConfig, stream, every: float = 1.0):
+        self.cfg, self.stream, self.every = cfg, stream, every
+        self.start, self.first_epoch, self.current = time.perf_counter(), 0, 1
+        self.last, self.width, self.open = -math.inf, 0, False
+
+    def begin(self, first_epoch: int) -> None:
+        self.start, self.first_epoch, self.current = time.perf_counter(), first_epoch, first_epoch + 1
+
+    def _write(self, line: str) -> None:
+        self.stream.write("\r" + line.ljust(self.width))
+        self.stream.flush()
+        self.width, self.open = len(line), True
+
+    def note(self, text: str) -> None:
+        self._write(f"{text} ...")
+
+    def _eta(self, epochs_done: float) -> str:
+        done = epochs_done - self.first_epoch
+        if done <= 0:
+            return "eta ?"
+        return f"eta {(time.perf_counter() - self.start) / done * (self.cfg.epochs - epochs_done):,.0f}s"
+
+    def step(self, i: int, n: int) -> None:
+        now = time.perf_counter()
+        if now - self.last < self.every:
+            return
+        self.last = now
+        self._write(f"epoch {self.current}/{self.cfg.epochs}  step {i}/{n}  {now - self.start:,.0f}s  "
+                    f"{self._eta(self.current - 1 + i / n)}")
+
+    def epoch(self, r: dict) -> None:
+        self.current = r["epoch"] + 1
+        lr = r["lr"] if isinstance(r["lr"], float) else float(np.mean(list(r["lr"].values())))
+        fmt = lambda v, f: "nan" if v is None else format(v, f)  # noqa: E731
+        self._write(f"epoch {r['epoch']}/{self.cfg.epochs}  loss {fmt(r['train_loss'], '.4f')}  "
+                    f"acc {fmt(r['train_acc'], '.3f')}  test {fmt(r['test_acc'], '.3f')}  lr {lr:.3g}  "
+                    f"elr {fmt(r['elr'], '.3g')}  {self._eta(r['epoch'])}")
+
+    def close(self) -> None:
+        """End the line (also on an error, so that the error message starts a line of its own)."""
+        if self.open:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.open = False

@@ -236,3 +236,17 @@ def test_per_layer_rule_logs_each_layers_relaxation_time(tmp_path):
         for name, tau in rec["tau_by_layer"].items():
             assert tau == pytest.approx(1.0 / (5 * rec["lr"][name] * 5e-3) / spe, rel=1e-12)
         assert len({round(t, 9) for t in rec["tau_by_layer"].values()}) > 1   # the layers differ
+
+
+def test_progress_shows_the_first_epoch_moving_and_ends_its_line_on_an_error(tmp_path, capsys):
+    cfg = RunConfig(**SMALL, epochs=2, batch_size=50)
+    train(cfg, tmp_path / "p", progress=True)
+    err = capsys.readouterr().err
+    lines = [ln.strip() for ln in err.split("\r")]
+    first_step = next(i for i, ln in enumerate(lines) if ln.startswith("epoch 1/2  step 1/4"))
+    first_epoch = next(i for i, ln in enumerate(lines) if ln.startswith("epoch 1/2  loss"))
+    assert first_step < first_epoch and err.endswith("\n")
+    with pytest.raises(Exception, match="does not exist"):
+        train(RunConfig(**{**SMALL, "data": "npz:" + str(tmp_path / "none.npz")}, epochs=1), tmp_path / "q",
+              progress=True)
+    assert capsys.readouterr().err.endswith("...\n")   # the error that follows starts a line of its own
