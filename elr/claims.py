@@ -98,6 +98,16 @@ CLAIMS = {
           "weight decay at a constant lr.",
 }
 
+# What each verdict's `statistic` and `effect` are, and the effect's unit, for a reader of the verdict table:
+# "count" runs, "share" a fraction of runs, "points" accuracy points (100 x a fraction of the test split).
+MEASURES = {
+    "H1": {"statistic": ("OLS slope of log ELR", "slope"), "effect": ("slope on log lr0 (on log λ if lr0 did not vary)", "slope")},
+    "H2": {"statistic": ("periodic ELR runs", "count"), "effect": ("share of analysable ELR runs periodic", "share")},
+    "H3": {"statistic": ("Mann–Whitney U", "U"), "effect": ("Hodges–Lehmann shift, ELR − baseline", "points")},
+    "H4": {"statistic": ("runs with a drop", "count"), "effect": ("share of analysable runs with a drop", "share")},
+    "H5": {"statistic": None, "effect": ("measured / predicted RMS angle, geometric mean", "ratio")},
+    "H6": {"statistic": ("spread difference", "points"), "effect": ("sd over lr0, plain SGD − ELR", "points")},
+}
 
 # ---------------------------------------------------------------------------------------------- per-run reads
 
@@ -132,6 +142,15 @@ def test_split_size(runs: list[Run]) -> int | None:
 
 def _fmt(x) -> str:
     return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.3g}"
+
+
+def _pts(x) -> str:
+    """An accuracy difference or sd (a fraction of the test split) in accuracy points, as the report reads it."""
+    return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.3g} pts"
+
+
+def _pc(x) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.1f}%"
 
 
 def _ci(ci) -> tuple[float, float] | None:
@@ -202,8 +221,8 @@ def evaluate_h1(runs: list[Run], an: dict) -> Verdict:
     if not predictors or len(stationary) < len(predictors) + 3:
         return _verdict("H1", INCONCLUSIVE, runs=used, details=details, reason=(
             f"{len(stationary)} of {len(elr_runs)} ELR runs measured stationary (norm balance closing within "
-            f"{theory.STATIONARY_TOL:.0%} over whole cycles); the regression on log lr0 and log λ needs >= predictors + 3 such runs "
-            f"spanning >= 2 values of each. {observation}"))
+            f"{theory.STATIONARY_TOL:.0%} over whole cycles); the regression on log lr0 and log λ needs >= 5 such runs "
+            f"spanning >= 2 values of each (>= 4 when only one of them varies). {observation}"))
     y = np.log([x["elr_final"] for x in stationary])
     X = np.log([[x[k] for k in predictors] for x in stationary])
     fit = stats.ols(y, X)
@@ -342,17 +361,17 @@ def evaluate_h3(runs: list[Run], an: dict) -> Verdict:
     power = stats.power_shift(len(a), len(b), shift=H3_POWER_SHIFT, sd=sd, margin=margin, alpha=ALPHA)
     details.update(hodges_lehmann=json_float(hl), ci=list(ci), coverage=json_float(coverage), pooled_sd=json_float(sd), power=power)
     numbers = (f"final test accuracy (median of the last 10% of epochs; diverged runs at chance) ELR n={len(a)}, median "
-               f"{_fmt(np.median(a))} vs baseline n={len(b)}, median {_fmt(np.median(b))}: one-sided Mann–Whitney "
-               f"U = {_fmt(u)}, p = {_fmt(p)}; Hodges–Lehmann shift {_fmt(hl)}, exact {coverage:.1%} CI [{_fmt(ci[0])}, "
-               f"{_fmt(ci[1])}]; margin = binomial sd of a {n_test}-image accuracy = {_fmt(margin)}. Power at this n "
-               f"(pooled within-arm sd {_fmt(sd)}) for a true {H3_POWER_SHIFT:.0%} advantage: held "
+               f"{_pc(np.median(a))} vs baseline n={len(b)}, median {_pc(np.median(b))}: one-sided Mann–Whitney "
+               f"U = {_fmt(u)}, p = {_fmt(p)}; Hodges–Lehmann shift {_pts(hl)}, exact {coverage:.1%} CI [{_pts(ci[0])}, "
+               f"{_pts(ci[1])}]; margin = binomial sd of a {n_test}-image accuracy = {_pts(margin)}. Power at this n "
+               f"(pooled within-arm sd {_pts(sd)}) for a true {100 * H3_POWER_SHIFT:g}-point advantage: held "
                f"{power['p_held']:.2f}, refuted {power['p_refuted']:.2f}")
     if p < ALPHA:
         verdict, why = HELD, f"p < {ALPHA:g}"
     elif ci[1] < margin:
-        verdict, why = REFUTED, f"p >= {ALPHA:g} and the CI excludes an ELR advantage of {_fmt(margin)} or more"
+        verdict, why = REFUTED, f"p >= {ALPHA:g} and the CI excludes an ELR advantage of {_pts(margin)} or more"
     else:
-        verdict, why = INCONCLUSIVE, f"p >= {ALPHA:g} but the CI still allows an ELR advantage of {_fmt(margin)} or more"
+        verdict, why = INCONCLUSIVE, f"p >= {ALPHA:g} but the CI still allows an ELR advantage of {_pts(margin)} or more"
     return _verdict("H3", verdict, statistic=u, p=p, effect=hl, ci=ci, runs=used, details=details,
                     reason=f"{why}. {numbers}")
 
@@ -402,9 +421,9 @@ def evaluate_h4(runs: list[Run], an: dict) -> Verdict:
     frac, ci = stats.proportion_ci(k, len(analysable))
     co_text = (f"{co.n_coincident} of {co.n_events} events within {detectors.COINCIDENCE_WINDOW} epochs of one of the "
                f"run's destabilisation episodes (permutation p = {_fmt(co.p)})" if co.n_events else "no events")
-    numbers = (f"{k} of {len(analysable)} analysable runs (controls excluded) have a drop of >= {detectors.DROP:g} "
+    numbers = (f"{k} of {len(analysable)} analysable runs (controls excluded) have a drop of >= {_pts(detectors.DROP)} "
                f"(and >= {detectors.NOISE_K:g} x noise) within {detectors.WITHIN} epochs regained to within "
-               f"{detectors.TOLERANCE:g} within {detectors.RECOVER_WITHIN} epochs, after the initial transient; "
+               f"{_pts(detectors.TOLERANCE)} within {detectors.RECOVER_WITHIN} epochs, after the initial transient; "
                f"{co_text}; the detector finds >= {MIN_SENSITIVITY:.0%} of injected drops in {len(sensitive)} runs")
     if not ok:
         verdict, why = INCONCLUSIVE, f"the drop detector failed its positive control ({problem})"
@@ -521,9 +540,9 @@ def evaluate_h6(runs: list[Run], an: dict) -> Verdict:
     power = _h6_power([np.std(a[g], ddof=1) for g in groups], groups, len(rows))
     details.update(per_weight_decay=per_wd, spread_difference=diff, ci=list(ci), p=p, n_test=n_test,
                    null_size=n_swaps, power_double_spread=power)
-    spreads = "; ".join(f"λ {k}: sd over lr0 ELR {_fmt(v['sd_elr'])} vs SGD {_fmt(v['sd_sgd'])}" for k, v in per_wd.items())
-    numbers = (f"{spreads}; mean difference (SGD − ELR) {_fmt(diff)}, 95% interval from test-split noise "
-               f"[{_fmt(ci[0])}, {_fmt(ci[1])}]; exact exchange p = {_fmt(p)} ({n_swaps} swaps; smallest attainable "
+    spreads = "; ".join(f"λ {k}: sd over lr0 ELR {_pts(v['sd_elr'])} vs SGD {_pts(v['sd_sgd'])}" for k, v in per_wd.items())
+    numbers = (f"{spreads}; mean difference (SGD − ELR) {_pts(diff)}, 95% interval from test-split noise "
+               f"[{_pts(ci[0])}, {_pts(ci[1])}]; exact exchange p = {_fmt(p)} ({n_swaps} swaps; smallest attainable "
                f"{1 / n_swaps:.3g}); power of this test if plain SGD's spread were twice the ELR arm's: {power:.2f}")
     if p < ALPHA:
         verdict, why = HELD, f"p < {ALPHA:g}: the ELR arm's accuracy varies less with lr0"
@@ -553,5 +572,5 @@ def evaluate_all(runs: list[Run], an: dict | None = None) -> list[Verdict]:
             if v.verdict == HELD and v.p < ALPHA <= h:
                 v.verdict = INCONCLUSIVE
                 v.reason = (f"p = {_fmt(v.p)} < {ALPHA} alone, but Holm-corrected p = {_fmt(h)} >= {ALPHA} across "
-                            f"the claims decided by a test. " + v.reason)
+                            f"the claims decided by a test. Alone: " + v.reason)
     return verdicts

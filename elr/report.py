@@ -52,9 +52,10 @@ FIGURES = ("h1_elr_theory.png", "h2_controls.png", "h2_episodes.png", "h3_accura
 LEGACY_FIGURES = ("accuracy.png", "h5_elr_star.png")
 DPI = 100                  # a full report stays well under 2 MB
 GRID_COLUMNS = 6           # small multiples: at most this many panels per row
-VERDICT_COLUMNS = ("id", "claim", "verdict", "seed's finding", "statistic", "p", "p Holm", "p BH", "effect [CI]")
+VERDICT_COLUMNS = ("id", "claim", "verdict", "seed's finding", "test statistic", "p", "p Holm", "p BH",
+                   "effect [95% CI]")
 RUN_COLUMNS = ("id", "run", "group", "optimizer", "schedule", "lr", "weight_decay", "momentum",
-               "final test acc", "best test acc", "diverged", "epochs done")
+               "final test acc", "best test acc", "diverged", "epochs done", "τ (epochs)", "t/τ")
 META_ORDER = ("scale", "date", "data", "subset", "test_subset", "model", "width", "epochs", "batch_size", "seeds",
               "runs", "versions", "software", "device", "wall_time")
 METRIC_LABELS = {"elr": "ELR = lr / ‖w_SI‖²", "si_norm": "‖w_SI‖", "train_loss": "train loss",
@@ -62,6 +63,7 @@ METRIC_LABELS = {"elr": "ELR = lr / ‖w_SI‖²", "si_norm": "‖w_SI‖", "tra
 # The study's arms, in report order: (name in the report, colour, id prefix). Distinct hue families.
 ARMS = {"elr": ("ELR rule", "#1f5fbf", "E"), "sgd": ("plain SGD, constant lr (H6 twin)", "#238b45", "S"),
         "baseline": ("baseline", "#d95f02", "B"), "control": ("detector control", "#7b3294", "C")}
+COLOUR_NAMES = {"elr": "blue", "sgd": "green", "baseline": "orange", "control": "purple"}
 OTHER_ARM = ("other", "#666666", "R")
 ARM_SHADES = {"elr": "Blues", "sgd": "Greens", "control": "Purples"}
 BASELINE_PALETTE = ("#d95f02", "#e7298a", "#a6761d", "#e6ab02", "#b2182b", "#f4a582", "#8c510a", "#ff7f00")
@@ -98,9 +100,9 @@ DECISIONS = {
            f"Hodges–Lehmann shift with its exact CI against a margin of one binomial sd of a test accuracy "
            f"(refuted when the CI excludes an ELR advantage as large as the margin); power for a "
            f"{claims.H3_POWER_SHIFT * 100:g}-point advantage reported."),
-    "H4": (f"Drop-and-recovery events in test accuracy after the initial transient (a drop of >= {detectors.DROP:g} "
+    "H4": (f"Drop-and-recovery events in test accuracy after the initial transient (a drop of >= {100 * detectors.DROP:g} points "
            f"and >= {detectors.NOISE_K:g}x noise within {detectors.WITHIN} epochs, regained to within "
-           f"{detectors.TOLERANCE:g} within {detectors.RECOVER_WITHIN} epochs), counted per run, controls excluded; "
+           f"{100 * detectors.TOLERANCE:g} point within {detectors.RECOVER_WITHIN} epochs), counted per run, controls excluded; "
            f"held with >= {claims.H4_MIN_RUNS_WITH_EVENTS} runs with an event, refuted with fewer among >= "
            f"{claims.H4_MIN_RUNS} runs where the detector finds >= {claims.MIN_SENSITIVITY:.0%} of injected drops, "
            f"inconclusive when the periodic control shows no drop; the coincidence with the runs' H2 episodes "
@@ -170,15 +172,59 @@ def _finite(x) -> float | None:
     return x if math.isfinite(x) else None
 
 
+# unit -> (scale, format, prefix, suffix) of a value in that unit (claims.MEASURES names each claim's units)
+UNITS = {"points": (100.0, ".2g", "", " pts"), "share": (100.0, ".2g", "", "%"), "count": (1.0, ".0f", "", ""),
+         "ratio": (1.0, ".3g", "×", ""), "slope": (1.0, ".3g", "", ""), "U": (1.0, ".3g", "", "")}
+
+
+def _in_unit(x, unit: str, *, sign: bool = False, bare: bool = False) -> str:
+    """A statistic or effect in its unit: points and shares in percent, counts whole, ratios as ×r; `bare`
+    leaves out the unit's prefix and suffix (an interval writes them once)."""
+    x = _finite(x)
+    if x is None:
+        return "—"
+    scale, fmt, prefix, suffix = UNITS.get(unit, (1.0, ".3g", "", ""))
+    text = format(scale * x, ("+" if sign else "") + fmt).replace("-", "−")
+    return text if bare else prefix + text + suffix
+
+
+def _measure(v: Verdict, key: str) -> tuple[str, str] | None:
+    return (claims.MEASURES.get(v.id.upper()) or {}).get(key)
+
+
+def _statistic_cell(v: Verdict) -> str:
+    """"Mann–Whitney U = 34.5", "periodic ELR runs = 1": the statistic named, so counts and U values never mix."""
+    if v.statistic is None:
+        return "—"
+    m = _measure(v, "statistic")
+    if m is None:
+        return _num(v.statistic)
+    return f"{m[0]} = {_in_unit(v.statistic, m[1])}"
+
+
 def _effect_ci(v: Verdict) -> str:
-    if v.ci is None or len(v.ci) != 2:
-        return _num(v.effect)
-    return f"{_num(v.effect)} [{_num(v.ci[0])}, {_num(v.ci[1])}]"
+    """The effect in its unit, its 95% CI, and what it is: "+0.43 [−6.4, +8.2] pts: Hodges–Lehmann shift ..."."""
+    if v.effect is None:
+        return "—"
+    name, unit = _measure(v, "effect") or ("", "")
+    signed = unit in ("points", "slope")
+    text = _in_unit(v.effect, unit, sign=signed)
+    if v.ci is not None and len(v.ci) == 2:
+        lo, hi = (_in_unit(c, unit, sign=signed, bare=True) for c in v.ci)
+        _, _, prefix, suffix = UNITS.get(unit, (1.0, "", "", ""))
+        text = f"{text.removesuffix(suffix)} [{lo}, {hi}]{suffix}"
+    return f"{text}: {name}" if name else text
 
 
-def _ci_text(ci) -> str:
-    ci = _list(ci)
-    return f"[{_num(ci[0])}, {_num(ci[1])}]" if len(ci) == 2 else "—"
+def _ci_text(ci, fmt=None) -> str:
+    ci, fmt = _list(ci), fmt or _num
+    return f"[{fmt(ci[0])}, {fmt(ci[1])}]" if len(ci) == 2 else "—"
+
+
+def _points(x) -> str:
+    """An accuracy difference or sd (a fraction) in accuracy points, as the runs table's percent reads it."""
+    x = _finite(x)
+    return "—" if x is None else f"{100 * x:.3g} pts"
 
 
 def _get(d, *keys):
@@ -229,7 +275,7 @@ def _verdict_rows(verdicts: list[Verdict]) -> list[list[str]]:
     rows = []
     for v in verdicts:
         pc = v.p_corrected or {}
-        rows.append([v.id, v.claim, v.verdict, v.seed_finding or "—", _num(v.statistic), _num(v.p),
+        rows.append([v.id, v.claim, v.verdict, v.seed_finding or "—", _statistic_cell(v), _num(v.p),
                      _num(pc.get("holm")), _num(pc.get("bh")), _effect_ci(v)])
     return rows
 
@@ -256,7 +302,9 @@ def verdict_json(v: Verdict) -> dict:
     return {"id": v.id, "claim": v.claim, "verdict": v.verdict, "statistic": v.statistic, "p": v.p,
             "p_corrected": dict(v.p_corrected or {}), "effect": v.effect,
             "ci": list(v.ci) if v.ci is not None else None, "runs": list(v.runs),
-            "seed_finding": v.seed_finding, "reason": v.reason, "details": v.details or {}}
+            "seed_finding": v.seed_finding, "reason": v.reason,
+            "statistic_name": (_measure(v, "statistic") or (None,))[0], "effect_name": (_measure(v, "effect") or (None,))[0],
+            "effect_unit": (_measure(v, "effect") or (None, None))[1], "details": v.details or {}}
 
 
 # ---------------------------------------------------------------- runs: arms, ids, labels, styles
@@ -306,6 +354,18 @@ class Catalog:
         for arm in list(ARMS) + ["other"]:
             members = [r for r in self.runs if _arm(r) == arm]
             self._style_arm(arm, members)
+        self._analyses: dict[str, dict] = {}
+
+    def analysis(self, name: str) -> dict:
+        """inspect.analyse of a run, without the sensitivity injections (the claims' own per-run numbers:
+        episodes, drops, the theory's fixed point and τ); {} for a run it cannot analyse. Computed once."""
+        if name not in self._analyses:
+            run = self.by_name.get(name)
+            try:
+                self._analyses[name] = run_inspect.analyse(run, sensitivity=False) if run is not None and run.metrics else {}
+            except Exception:       # a run the analysis cannot read: its panels and cells just go without
+                self._analyses[name] = {}
+        return self._analyses[name]
 
     def _style_arm(self, arm: str, members: list[Run]) -> None:
         if not members:
@@ -576,12 +636,12 @@ def _h1_blocks(blocks: list, h1: dict, cat: Catalog, fig) -> None:
             ln = _finite(ln)
             return "—" if ln is None else f"×{math.exp(ln):.3g}"
         blocks.append(("table", ("id", "run", "lr0", "λ", "stationary", "drift ratio D", "initial ELR", "final ELR",
-                                 "predicted final ELR", "ELR*", "moved (final/initial)", "predicted move", "n_tau"),
+                                 "predicted final ELR", "ELR*", "moved (final/initial)", "predicted move", "t/τ"),
                        [[cat.id(x["run"]), x["run"], _num(x["lr0"]), _num(x["wd"]), _yes(x.get("stationary")),
                          _num(x.get("drift_ratio")), _num(x.get("elr_initial")), _num(x.get("elr_final")),
                          _num(x.get("elr_predicted_final")), _num(x.get("elr_fixed_point")), factor(x.get("moved")),
                          factor(x.get("predicted_move")), _num(x.get("n_tau"))] for x in rows]))
-        blocks.append(("note", "Final ELR: the median over the last 10% of epochs; n_tau: epochs run / the relaxation "
+        blocks.append(("note", "Final ELR: the median over the last 10% of epochs; t/τ: epochs run / the relaxation "
                                "time τ at the fixed point; D: the norm balance's drift ratio over the stationarity "
                                "window (|D| <= 0.2: stationary)."))
     fit = _dict(h1.get("fit"))
@@ -808,11 +868,11 @@ def _h3_blocks(blocks: list, h3: dict, h6: dict, cat: Catalog, fig) -> None:
 
     rows = [["runs per arm", f"ELR {len(ea)}, baseline {len(ba)}"],
             ["median final accuracy", f"ELR {med(ea)}, baseline {med(ba)}"],
-            ["Hodges–Lehmann shift (ELR − baseline)", _num(h3.get("hodges_lehmann"))],
-            ["its exact CI (coverage)", f"{_ci_text(h3.get('ci'))} ({_num(h3.get('coverage'))})"],
-            ["margin: one binomial sd of a test accuracy", f"{_num(h3.get('margin'))} (test split "
+            ["Hodges–Lehmann shift (ELR − baseline)", _points(h3.get("hodges_lehmann"))],
+            ["its exact CI (coverage)", f"{_ci_text(h3.get('ci'), _points)} ({_num(h3.get('coverage'))})"],
+            ["margin: one binomial sd of a test accuracy", f"{_points(h3.get('margin'))} (test split "
                                                             f"{h3.get('n_test') or '—'} images)"],
-            ["pooled within-arm sd", _num(h3.get("pooled_sd"))],
+            ["pooled within-arm sd", _points(h3.get("pooled_sd"))],
             [f"power for a true {claims.H3_POWER_SHIFT * 100:g}-point advantage",
              f"held {_num(power.get('p_held'), 2)}, refuted {_num(power.get('p_refuted'), 2)}, inconclusive "
              f"{_num(power.get('p_inconclusive'), 2)}" if power else "—"],
@@ -1035,11 +1095,11 @@ def _h6_blocks(blocks: list, h6: dict, verdict: str, cat: Catalog, fig) -> None:
         rows = []
         for wd, s in per_wd.items():
             a, b = _finite(_get(s, "sd_elr")), _finite(_get(s, "sd_sgd"))
-            rows.append([wd, _num(a), _num(b), _num(b - a) if a is not None and b is not None else "—"])
+            rows.append([wd, _points(a), _points(b), _points(b - a) if a is not None and b is not None else "—"])
         blocks.append(("table", ("λ", "sd over lr0, ELR arm", "sd over lr0, plain SGD", "difference (SGD − ELR)"),
                        rows))
-        blocks.append(("p", f"Mean spread difference (SGD − ELR) {_num(h6.get('spread_difference'))}, 95% interval from "
-                            f"test-split noise {_ci_text(h6.get('ci'))}; exact exchange p = {_num(h6.get('p'))} "
+        blocks.append(("p", f"Mean spread difference (SGD − ELR) {_points(h6.get('spread_difference'))}, 95% interval from "
+                            f"test-split noise {_ci_text(h6.get('ci'), _points)}; exact exchange p = {_num(h6.get('p'))} "
                             f"({h6.get('null_size', '—')} swaps)."))
     cells = _h6_cells(h6)
     if cells:
@@ -1053,43 +1113,116 @@ def _h6_blocks(blocks: list, h6: dict, verdict: str, cat: Catalog, fig) -> None:
 
 # ---------------------------------------------------------------- training curves
 
-def _curves_figure(metric: str, cat: Catalog) -> tuple[bytes | None, str]:
-    """One panel per arm (<= 8 runs each, so every line is in a readable legend), linear epoch axis."""
-    scale = 100.0 if metric == "test_acc" else 1.0
-    panels = []
+def _curve_sections(cat: Catalog, metric: str) -> list[tuple[str, list[Run]]]:
+    sections = []
     for arm in list(ARMS) + ["other"]:
-        members = []
-        for r in cat.runs:
-            if _arm(r) != arm or not r.metrics:
-                continue
-            x, y = _with_initial(r, metric)
-            if np.isfinite(y).any():
-                members.append((r, x, y * scale))
+        members = [r for r in cat.runs if _arm(r) == arm and r.metrics and np.isfinite(_with_initial(r, metric)[1]).any()]
+        if arm in ("elr", "sgd"):
+            members.sort(key=lambda r: (_cfg_num(r, "weight_decay") or 0.0, cat.lr0(r) or 0.0, r.name))
         if members:
-            panels.append((arm, members))
-    if not panels:
+            sections.append((arm, members))
+    return sections
+
+
+def _section_cells(arm: str, members: list[Run], cat: Catalog, ncols: int) -> tuple[list[tuple[int, int]], int]:
+    """(row, column) of each run inside its arm's block, and the block's rows: the ELR arm and its plain-SGD
+    twins as the design's grid (rows λ, columns lr0), the others in reading order."""
+    if arm in ("elr", "sgd"):
+        layout = _cell_layout([{"lr0": cat.lr0(r), "wd": _cfg_num(r, "weight_decay")} for r in members])
+        if layout is not None and layout[2] <= ncols:
+            return layout[0], layout[1]
+    return [(i // ncols, i % ncols) for i in range(len(members))], math.ceil(len(members) / ncols)
+
+
+def _curves_figure(metric: str, cat: Catalog) -> tuple[bytes | None, str]:
+    """Small multiples: one panel per run, the ELR arm and its plain-SGD twins as lr0 x λ grids, then the
+    baselines and the controls in rows; linear epoch axis; shared y; the H2 detector's episodes, H4's drops
+    (test accuracy) and the theory's fixed point (ELR, norm) marked where the analysis has them."""
+    scale = 100.0 if metric == "test_acc" else 1.0
+    sections = _curve_sections(cat, metric)
+    if not sections:
         return None, f"no run has a finite `{metric}` value"
-    fig = Figure(figsize=(10.0, 2.35 * len(panels) + 0.3))
-    # each arm on its own epoch axis: the controls may run longer than the arms (epochs_factor)
-    axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
-    logs = []
-    for ax, (arm, members) in zip(axes, panels):
-        for r, x, y in members:
-            ax.plot(x, y, color=cat.color(r.name), linestyle=cat.style(r.name), linewidth=1.0, label=cat.label(r.name))
-        if metric in LOG_Y_METRICS:
-            logs.append(_log_y_if_positive(ax, [y for _, _, y in members]))
-        name, color, _ = _arm_info(arm)
-        ax.set_title(f"{name} ({len(members)} runs)", color=color, loc="left", fontweight="bold")
-        ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+    grid_cols = [len({cat.lr0(r) for r in m}) for a, m in sections if a in ("elr", "sgd")]
+    ncols = max(min(max(grid_cols, default=4), GRID_COLUMNS + 2), 4)
+    placed, row0 = [], 0
+    for arm, members in sections:
+        cells, nrows = _section_cells(arm, members, cat, ncols)
+        placed += [(r, row0 + i, j) for r, (i, j) in zip(members, cells)]
+        row0 += nrows
+    fig = Figure(figsize=(2.45 * ncols + 0.4, 1.95 * row0 + 0.6))
+    axes = fig.subplots(row0, ncols, squeeze=False)
+    used = {(i, j) for _, i, j in placed}
+    for i in range(row0):
+        for j in range(ncols):
+            if (i, j) not in used:
+                axes[i, j].set_axis_off()
+    key = {"elr": "elr", "si_norm": "rho"}.get(metric)     # the analysis's predicted level for this metric
+    # y shared within a block of comparable runs: the ELR grid with its plain-SGD twins, the baselines, the controls
+    # (a baseline whose plateau schedule cut its lr a billionfold must not flatten the ELR grid)
+    block = lambda run: "grid" if _arm(run) in ("elr", "sgd") else _arm(run)  # noqa: E731
+    values: dict[str, list] = {}
+    n_eps = n_drops = n_theory = 0
+    for run, i, j in placed:
+        ax = axes[i, j]
+        x, y = _with_initial(run, metric)
+        y = y * scale
+        values.setdefault(block(run), []).append(y)
+        a = cat.analysis(run.name)
+        n_eps += _vlines(ax, a.get("episodes"), color=EPISODE_COLOR, alpha=0.35, linewidth=0.7, zorder=0)
+        ax.plot(x, y, color=cat.arm_color(run.name), linewidth=0.9)
+        if metric == "test_acc":
+            pts = _at(x, y, [ev[1] for ev in _list(_get(a, "drops", "events")) if len(_list(ev)) > 1])
+            if pts:
+                ax.plot(*zip(*pts), linestyle="none", marker="v", markersize=4.5, color=DROP_COLOR, zorder=4)
+                n_drops += len(pts)
+        level = _finite(_get(a, "predicted", key)) if key else None
+        if level is not None and level > 0 and _arm(run) in ("elr", "sgd", "control"):
+            ax.axhline(level, color="k", linestyle=":", linewidth=1.1, zorder=3)
+            values[block(run)].append(np.array([level]))
+            n_theory += 1
+        first, second = cat.title(run.name)
+        ax.set_title(first + (f"\n{second}" if second else ""), color=cat.arm_color(run.name), fontsize=8.5)
+        ax.set_xlim(0, max(float(np.nanmax(x)) if len(x) else 1.0, 1.0))
         ax.grid(True, which="major", alpha=0.3)
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.02), frameon=False,
-                  ncol=1 if len(members) <= 9 else 2, handlelength=2.2)
-    axes[-1].set_xlabel("epoch")
-    fig.subplots_adjust(hspace=0.35)
-    y_note = "log y" if metric in LOG_Y_METRICS and all(logs) else (
-        "log y where every value is positive" if any(logs) else "linear y")
-    return _png(fig), (f"{metric} per epoch, one panel per arm ({y_note}, linear epoch axis, epoch 0 = initialisation "
-                       f"where logged); ELR and plain-SGD runs: darker = larger lr0, line style = λ.")
+        ax.tick_params(labelleft=True)
+        if j == 0:
+            ax.set_ylabel(METRIC_LABELS.get(metric, metric) if metric != "elr" else "ELR")
+    logs = []
+    for name, vs in values.items():
+        members = [axes[i, j] for run, i, j in placed if block(run) == name]
+        v = np.concatenate([np.ravel(a) for a in vs])
+        v = v[np.isfinite(v)]
+        if not v.size:
+            continue
+        log = metric in LOG_Y_METRICS and bool((v > 0).all())
+        logs.append(log)
+        lo, hi = _log_limits(v, 1.0) if log else (float(v.min()), float(v.max()))
+        pad = 0.0 if log else 0.05 * (hi - lo or 1.0)
+        for ax in members:
+            if log:
+                ax.set_yscale("log")
+            ax.set_ylim(lo - pad, hi + pad)
+    for _, i, j in placed:
+        if i == row0 - 1 or (i + 1, j) not in used:
+            axes[i, j].set_xlabel("epoch")
+    handles = [Patch(color=_arm_info(a)[1], label=_arm_info(a)[0]) for a, _ in sections]
+    handles.append(Line2D([], [], color=EPISODE_COLOR, alpha=0.5, label="H2 episode"))
+    if metric == "test_acc":
+        handles.append(Line2D([], [], color=DROP_COLOR, marker="v", linestyle="none", label="H4 drop (bottom)"))
+    if n_theory:
+        handles.append(Line2D([], [], color="k", linestyle=":", label="theory's fixed point"))
+    fig.subplots_adjust(hspace=0.75, wspace=0.32)
+    _header(fig, f"{METRIC_LABELS.get(metric, metric)} per run", handles, ncol=min(len(handles), 4), title_lines=1)
+    arms = ", ".join(f"{_arm_info(a)[0]} ({len(m)})" for a, m in sections)
+    theory_note = (f"; dotted: the theory's fixed point for the run's RMS G over its last window, in {n_theory} panels "
+                   "(constant-lr and ELR-rule SGD runs)" if key else "")
+    return _png(fig), (f"{METRIC_LABELS.get(metric, metric)} per epoch, one panel per run: {arms}; the ELR rule and its "
+                       f"plain-SGD twins laid out as the design's grid (rows λ, columns lr0); linear epoch axis (each "
+                       f"panel to its run's length), {'log' if all(logs) else 'linear'} y shared within the ELR grid "
+                       f"with its twins, the baselines, and the controls; epoch 0 = "
+                       f"initialisation; red lines: the H2 detector's episodes ({n_eps})"
+                       + (f"; ▼: H4's drop-and-recovery events ({n_drops})" if metric == "test_acc" else "")
+                       + theory_note + ".")
 
 
 # ---------------------------------------------------------------- tables
@@ -1133,7 +1266,8 @@ def _run_rows(cat: Catalog) -> list[list[str]]:
         planned = s.get("epochs", c.get("epochs"))
         rows.append([cat.id(r.name), r.name, _group(r), c.get("optimizer", "—"), c.get("schedule", "—"),
                      _num(c.get("lr")), _num(c.get("weight_decay")), _num(c.get("momentum")), _pct(_final_acc(r)),
-                     _pct(_best_acc(r)), _diverged(r), f"{done}/{planned}" if planned is not None else str(done)])
+                     _pct(_best_acc(r)), _diverged(r), f"{done}/{planned}" if planned is not None else str(done),
+                     _num(cat.analysis(r.name).get("tau_epochs")), _num(cat.analysis(r.name).get("n_tau"))])
     return rows
 
 
@@ -1214,6 +1348,40 @@ def _html_cell(c) -> str:
 
 # ---------------------------------------------------------------- the report
 
+def _plain(claim: str) -> str:
+    """A claim as a clause: "in several runs test accuracy drops sharply and then recovers"."""
+    claim = claim.strip().rstrip(".")
+    return claim[:1].lower() + claim[1:] if claim[:3] not in ("ELR", "SGD") else claim
+
+
+def _first_sentence(reason: str) -> str:
+    return (reason or "no reason given").split(". ")[0].strip().rstrip(".")
+
+
+def _summary_blocks(verdicts: list[Verdict], scale: str) -> list:
+    """The answer in plain words, before any table: what held, what was refuted, what this study could not
+    decide and why, and what that means for the seed's question (H6)."""
+    by = {k: [v for v in verdicts if v.verdict == k] for k in ("held", "refuted", "inconclusive")}
+    items = []
+    if by["held"]:
+        items.append("Held: " + "; ".join(f"{v.id}, {_plain(v.claim)}" for v in by["held"]) + ".")
+    items.append("Refuted: " + ("; ".join(f"{v.id}, {_plain(v.claim)} ({_first_sentence(v.reason)})"
+                                          for v in by["refuted"]) if by["refuted"] else "none") + ".")
+    for v in by["inconclusive"]:
+        items.append(f"Not decided: {v.id}, {_plain(v.claim)}. Why: {_first_sentence(v.reason)}.")
+    blocks = [("h", 2, "In short"), ("list", items)]
+    h6 = next((v for v in verdicts if v.id.upper() == "H6"), None)
+    if h6 is not None and h6.verdict in H6_MEANING:
+        blocks.append(("p", H6_MEANING[h6.verdict]))
+    if scale in PIPELINE_ONLY_SCALES:
+        blocks.append(("p", f"At the {scale} scale none of this is evidence: the verdicts only show that the pipeline "
+                            "runs end to end."))
+    elif by["inconclusive"]:
+        blocks.append(("p", "An undecided claim is neither support nor refutation: its section says what the study "
+                            "would need (more runs, longer runs, or runs that reach their equilibrium) to decide it."))
+    return blocks
+
+
 def _claim_blocks(v: Verdict) -> list:
     return [("h", 2, f"{v.id}: {v.verdict}"),
             ("kv", "Claim", v.claim or "—"),
@@ -1243,6 +1411,8 @@ def write_report(out_dir, verdicts: list[Verdict], runs: list[Run], meta: dict) 
     if scale in PIPELINE_ONLY_SCALES:
         blocks.append(("kv", "Read this first", f"the {scale} scale only exercises the pipeline (a few epochs, small or "
                                                  "synthetic data): its verdicts say nothing about the science."))
+    if verdicts:
+        blocks += _summary_blocks(verdicts, scale)
     blocks += [("h", 2, "Verdicts"), ("table", VERDICT_COLUMNS, _verdict_rows(verdicts))]
     if not verdicts:
         blocks.append(("note", "No claim was evaluated."))
@@ -1250,7 +1420,7 @@ def write_report(out_dir, verdicts: list[Verdict], runs: list[Run], meta: dict) 
     if cat.runs:
         blocks.append(("p", "Runs are named by short ids in figures and tables (E = ELR rule, S = plain SGD twin, "
                             "B = baseline, C = detector control); the table under Runs maps them to run "
-                            "directories. Colours: " + ", ".join(f"{n} {c}" for n, c, _ in ARMS.values()) + "."))
+                            "directories. Colours: " + ", ".join(f"{ARMS[a][0]} {COLOUR_NAMES[a]}" for a in ARMS) + "."))
 
     figures: dict[str, bytes] = {}
 
@@ -1287,6 +1457,12 @@ def write_report(out_dir, verdicts: list[Verdict], runs: list[Run], meta: dict) 
         blocks.append(fig(f"curves_{metric}.png", lambda metric=metric: _curves_figure(metric, cat)))
     blocks.append(("h", 2, "Runs"))
     blocks.append(("table", RUN_COLUMNS, _run_rows(cat)) if runs else ("note", "No runs."))
+    if runs:
+        blocks.append(("note", "τ: the relaxation time of the norm to its fixed point, (1−μ)/((4+p)ηλ) steps with η at "
+                               "the theory's fixed point for the run's RMS G (p = 0 at a constant lr, 1 for the seed's rule), "
+                               "in epochs; t/τ: epochs run / τ, how many relaxation times the run covered (a run needs "
+                               "several to reach its equilibrium). — where the theory does not apply (adaptive "
+                               "optimizers, no weight decay)."))
     blocks.append(("h", 2, "Setup"))
     blocks.append(("table", ("key", "value"), _meta_rows(meta)) if meta else ("note", "No setup recorded."))
 

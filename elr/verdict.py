@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 HELD, REFUTED, INCONCLUSIVE = "held", "refuted", "inconclusive"
 
@@ -29,7 +29,8 @@ class Verdict:
 
     @classmethod
     def from_json(cls, d: dict) -> "Verdict":
-        d = dict(d)
+        names = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in names}   # verdicts.json adds derived keys (the measures' names)
         if d.get("ci") is not None:
             d["ci"] = tuple(d["ci"])
         return cls(**d)

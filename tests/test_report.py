@@ -124,6 +124,10 @@ def built(tmp_path_factory, study):
     return out, verdicts, read_md(path), before
 
 
+def built_runs(built):
+    return load_runs(Path((built[0] / "source.txt").read_text().strip()))
+
+
 def read_md(path):
     """report.md with Markdown's escapes undone (train\\_loss -> train_loss, ELR\\* -> ELR*)."""
     return Path(path).read_text().replace("\\_", "_").replace("\\*", "*")
@@ -143,6 +147,11 @@ def by_id(verdicts):
 def num(x):
     """The report's number format."""
     return f"{x:.3g}"
+
+
+def pts(x):
+    """An accuracy difference in points."""
+    return f"{100 * x:.3g} pts"
 
 
 # ---------------------------------------------------------------------------------------------- the planted study
@@ -216,6 +225,41 @@ def test_every_claim_has_its_section_with_the_decision_rule(built):
     assert positions == sorted(positions)
 
 
+def test_the_report_opens_with_the_answer_in_plain_words(built, tmp_path):
+    _, verdicts, md, _ = built
+    short = md[md.index("## In short"):md.index("## Verdicts")]
+    v = by_id(verdicts)
+    assert "- Held: H2, ELR runs show periodic destabilisation episodes" in short and "; H3, ELR runs reach" in short
+    first = v["H1"].reason.split(". ")[0]
+    assert f"- Refuted: H1, the ELR of the seed's rule converges to one value, whatever the initial lr0 and L2 ({first})." \
+        in short
+    assert H6_MEANING[HELD] in short and "Not decided" not in short
+    # an undecided claim says why, in its own item
+    undecided = Verdict(id="H6", claim="The rule helps.", verdict=INCONCLUSIVE, statistic=None, p=None, effect=None,
+                        ci=None, runs=[], reason="Too few cells. More text")
+    md2 = read_md(write_report(tmp_path / "r", [undecided], [], {"scale": "cpu"}))
+    assert "- Not decided: H6, the rule helps. Why: Too few cells." in md2 and "- Refuted: none." in md2
+    assert H6_MEANING[INCONCLUSIVE] in md2 and md2.index("## In short") < md2.index("## Verdicts")
+
+
+def test_elr_and_twin_panels_are_laid_out_as_the_design_grid(study):
+    """Curves: each ELR run in its (λ row, lr0 column) cell and each twin in its ELR run's cell; baselines wrap."""
+    from elr.report import Catalog, _curve_sections, _section_cells
+
+    cat = Catalog(study[0])
+    lr0s, wds = sorted({lr for lr, _ in ELR_GRID}), sorted({wd for _, wd in ELR_GRID})
+    sections = dict(_curve_sections(cat, "train_loss"))
+    assert list(sections) == ["elr", "sgd", "baseline", "control"]
+    for arm in ("elr", "sgd"):
+        members = sections[arm][1:]        # a missing cell stays empty: the others keep their places
+        cells, rows = _section_cells(arm, members, cat, ncols=len(lr0s))
+        assert rows == len(wds)
+        for run, cell in zip(members, cells):
+            assert cell == (wds.index(run.config["weight_decay"]), lr0s.index(cat.lr0(run))), run.name
+    cells, rows = _section_cells("baseline", sections["baseline"], cat, ncols=3)
+    assert cells == [(0, 0), (0, 1), (0, 2), (1, 0)] and rows == 2
+
+
 def test_h1_table_fit_and_theory_lines(built):
     _, verdicts, md, _ = built
     h1 = by_id(verdicts)["H1"].details
@@ -261,9 +305,10 @@ def test_h3_accuracy_shift_margin_power(built):
     h3 = by_id(verdicts)["H3"].details
     s = section(md, "H3")
     assert "](h3_accuracy.png)" in s
-    assert f"| Hodges–Lehmann shift (ELR − baseline) | {num(h3['hodges_lehmann'])} |" in s
-    assert f"[{num(h3['ci'][0])}, {num(h3['ci'][1])}] ({num(h3['coverage'])})" in s
-    assert f"{num(h3['margin'])} (test split {N_TEST} images)" in s
+    # accuracy differences in points, as the runs table's accuracies are in percent
+    assert f"| Hodges–Lehmann shift (ELR − baseline) | {pts(h3['hodges_lehmann'])} |" in s
+    assert f"[{pts(h3['ci'][0])}, {pts(h3['ci'][1])}] ({num(h3['coverage'])})" in s
+    assert f"{pts(h3['margin'])} (test split {N_TEST} images)" in s
     assert f"held {h3['power']['p_held']:.2g}" in s
     assert f"ELR rule: n={len(h3['elr_acc'])}" in s and f"baselines: n={len(h3['baseline_acc'])}" in s
     assert "plain SGD: n=8" in s                       # the third arm is in the accuracy figure, marked as such
@@ -306,7 +351,7 @@ def test_h6_spreads_cells_and_what_it_means(built):
     s = section(md, "H6")
     assert "](h6_lr_sensitivity.png)" in s and f"{len(h6['cells'])} cells paired" in s
     for wd, x in h6["per_weight_decay"].items():
-        assert f"| {wd} | {num(x['sd_elr'])} | {num(x['sd_sgd'])} | {num(x['sd_sgd'] - x['sd_elr'])} |" in s
+        assert f"| {wd} | {pts(x['sd_elr'])} | {pts(x['sd_sgd'])} | {pts(x['sd_sgd'] - x['sd_elr'])} |" in s
     for c in h6["cells"]:
         assert f"{c['elr_run']} |" in s and f"{c['sgd_run']} |" in s
     assert H6_MEANING[HELD] in s
@@ -317,8 +362,16 @@ def test_curves_runs_table_and_setup(built):
     curves = md[md.index("## Training curves"):md.index("## Runs")]
     for metric in ("elr", "si_norm", "train_loss", "test_acc"):
         assert f"](curves_{metric}.png)" in curves
-    assert "one panel per arm" in curves and "linear epoch axis" in curves
+    assert "one panel per run" in curves and "laid out as the design's grid (rows λ, columns lr0)" in curves
+    assert "linear epoch axis" in curves and "▼: H4's drop-and-recovery events" in curves
+    assert re.search(r"dotted: the theory's fixed point .* in [1-9]\d* panels", curves)
     runs_table = md[md.index("## Runs"):md.index("## Setup")]
+    assert "| epochs done | τ (epochs) | t/τ |" in runs_table
+    # τ and t/τ are inspect.analyse's, for every run the theory covers (E1: SGD with the rule and weight decay)
+    from elr.inspect import analyse
+    e1 = next(r for r in built_runs(built) if r.name == "elr-0")
+    a = analyse(e1, sensitivity=False)
+    assert re.search(rf"\| E1 \| elr-0 \|.*\| {re.escape(num(a['tau_epochs']))} \| {re.escape(num(a['n_tau']))} \|", runs_table)
     assert re.search(r"\| S1 \| sgd-0 \| sgd \(twin of elr-0\) \| sgd \| constant \|", runs_table)
     assert re.search(r"\| Cp \| ctl-periodic \| control \(periodic\) \|", runs_table)
     assert re.search(r"\| E1 \| elr-0 \| elr \| sgd \| elr \| 0\.03 \| 0\.005 \|", runs_table)
@@ -391,12 +444,14 @@ def test_verdict_table_md_escapes_and_formats():
                 Verdict(id="H3", claim="c", verdict=REFUTED, statistic=3.5, p=0.03, effect=0.2, ci=(0.1, 0.4),
                         runs=["a"], reason="r", seed_finding="s", p_corrected={"holm": 0.06, "bh": 0.045})]
     lines = verdict_table_md(verdicts).splitlines()
-    assert lines[0].startswith("| id | claim | verdict | seed's finding | statistic | p | p Holm | p BH | effect [CI]")
+    assert lines[0] == "| id | claim | verdict | seed's finding | test statistic | p | p Holm | p BH | effect [95% CI] |"
     assert len(lines) == 4
     cells = [c.strip() for c in re.split(r"(?<!\\)\|", lines[2])[1:-1]]
     assert len(cells) == 9 and cells[1] == "claim \\| with a pipe"   # the pipe is escaped, not a column break
     assert "| — | — | — | — | — |" in lines[2]
-    assert lines[3].endswith("| 3.5 | 0.03 | 0.06 | 0.045 | 0.2 [0.1, 0.4] |")
+    # the statistic named, the effect in its unit (H3: accuracy points) with what it is
+    assert lines[3].endswith("| Mann–Whitney U = 3.5 | 0.03 | 0.06 | 0.045 | "
+                             "+20 [+10, +40] pts: Hodges–Lehmann shift, ELR − baseline |")
 
 
 def test_figures_use_no_pyplot_state(built):
