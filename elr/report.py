@@ -1201,6 +1201,7 @@ def _curves_figure(metric: str, cat: Catalog) -> tuple[bytes | None, str]:
         for ax in members:
             if log:
                 ax.set_yscale("log")
+                ax.yaxis.set_minor_formatter(NullFormatter())   # a decade or more: a power of ten is labelled
             ax.set_ylim(lo - pad, hi + pad)
     for _, i, j in placed:
         if i == row0 - 1 or (i + 1, j) not in used:
