@@ -164,9 +164,20 @@ class _ReporterStream:
         pass
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session):
+    """The progress line's last word comes before the report summary (the terminal summary follows this)."""
+    _stop_progress(session.config)
+
+
 def pytest_unconfigure(config):
+    _stop_progress(config)      # a session that ended before sessionfinish (an interrupt)
+
+
+def _stop_progress(config) -> None:
     for progress in getattr(config, "_elr_progress", []):
         progress.stop()
+    config._elr_progress = []
 
 
 # ------------------------------------------------------------------------------------------- fixtures

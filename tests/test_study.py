@@ -118,6 +118,7 @@ def test_plugin_end_to_end_under_xdist_writes_one_report(micro, monkeypatch):
     assert "elr study report" in out and str(reports[0] / "report.md") in out and str(reports[0] / "report.html") in out
     assert all(f"{k}  {v['verdict']}" in out for k, v in verdicts.items())   # the aligned summary
     assert "elr study micro: 26/26 runs done" in out and "epochs" in out        # the controller's progress
+    assert out.rindex("elr study micro: ") < out.index("elr study report")      # ... ends before the summary
 
     # the reproducibility contract: the same study trained again serially (one thread per run either way)
     # gives identical metrics, value for value, and an identical verdicts.json
