@@ -34,7 +34,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from elr import claims, detectors
 from elr import inspect as run_inspect
@@ -543,6 +543,15 @@ def _log_limits(values, min_decades: float = 1.0) -> tuple[float, float]:
     return 10 ** (mid - half), 10 ** (mid + half)
 
 
+def _log_ticks(axis, lo: float, hi: float) -> None:
+    """Log-axis labels: within two decades 1-2-5 steps (0.05, 0.1, 0.2), so that an axis never shows one lone
+    power of ten; wider, the powers of ten alone. Minor ticks unlabelled either way."""
+    if hi / lo < 100:
+        axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def _header(fig: Figure, title: str | None, handles: list, *, ncol: int, title_lines: int = 2) -> None:
     """A figure title and a legend in a band above the panels (whose own titles take title_lines lines), laid
     out in inches so that neither overlaps the other nor the panel titles, whatever the figure's height."""
@@ -1002,8 +1011,8 @@ def _h5_figure(h5: dict, cat: Catalog) -> tuple[bytes | None, str]:
     ax.set_xlim(*lim)
     ax.set_ylim(*lim)
     ax.set_aspect("equal")
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.yaxis.set_minor_formatter(NullFormatter())
+    _log_ticks(ax.xaxis, *lim)
+    _log_ticks(ax.yaxis, *lim)
     ax.grid(True, which="major", alpha=0.3)
     ax.set_xlabel("predicted √(2ηλ/(1+μ)) (rad per step)")
     ax.set_ylabel("measured RMS angle (rad per step)")
@@ -1201,7 +1210,7 @@ def _curves_figure(metric: str, cat: Catalog) -> tuple[bytes | None, str]:
         for ax in members:
             if log:
                 ax.set_yscale("log")
-                ax.yaxis.set_minor_formatter(NullFormatter())   # a decade or more: a power of ten is labelled
+                _log_ticks(ax.yaxis, lo, hi)
             ax.set_ylim(lo - pad, hi + pad)
     for _, i, j in placed:
         if i == row0 - 1 or (i + 1, j) not in used:
