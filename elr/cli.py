@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", help="cpu (default) | cuda | cuda:N")
     g.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, all cores); results depend "
                                                "on it in the last bits, so a study fixes it at 1 per run")
+    g.add_argument("--channels-last", type=_flag, help="NHWC memory layout for convolutions: true (default) | false "
+                                                       "(the same values up to float32 rounding, faster)")
+    g.add_argument("--compile", help="torch.compile the model: auto (default: for runs of >= 1000 steps) | on | off; "
+                                     "falls back to eager with a one-line notice where unavailable")
+    g.add_argument("--precision", help="fp32 (default) | bf16 (autocast forward and backward; fp32 weights, optimizer "
+                                       "state and norms; part of the run's identity)")
     g.add_argument("--checkpoint-every", type=int, help="epochs between checkpoints (default 1; always at the end and on Ctrl-C)")
     g.add_argument("--progress", type=_flag, help="live progress line: true|false (default: on a terminal only)")
 

@@ -14,11 +14,13 @@ import math
 import os
 import platform
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +36,9 @@ from .rule import angle_between, effective_lr, global_norm, rule_lr
 from .theory import relaxation_steps
 
 EVAL_BATCH = 1000  # test-set forward chunk: bounds memory, not results
+# compile = "auto" compiles runs of at least this many steps: a cold compile costs ~15 s on the 2-core CPU (a
+# warm one, from torch's on-disk cache, ~1.5 s) and saves ~12 ms per convnet_si step there (python -m elr bench)
+COMPILE_MIN_STEPS = 1000
 
 
 @dataclass
@@ -50,6 +55,18 @@ class RunState:
     best_acc: float = -1.0
     best_epoch: int = 0
     wall_time: float = 0.0          # training seconds before this session (resumes add up)
+    forward: object = None          # model(x) as the run computes it: the module, or its compiled form
+    precision: str = "fp32"         # bf16: forward and loss under autocast; weights, optimizer and norms stay fp32
+
+    def __post_init__(self):
+        if self.forward is None:
+            self.forward = self.model
+
+    def autocast(self):
+        """The forward pass's numeric context: bf16 autocast (weights and their updates stay fp32) or none."""
+        if self.precision != "bf16":
+            return nullcontext()
+        return torch.autocast(next(self.model.parameters()).device.type, dtype=torch.bfloat16)
 
     def checkpoint(self, wall_time: float) -> dict:
         return {
@@ -82,9 +99,74 @@ def build_state(cfg: RunConfig, num_classes: int, device: torch.device) -> RunSt
     random.seed(cfg.seed)
     model = build_model(cfg.model, width=cfg.width, num_classes=num_classes).to(device)
     si = scale_invariant_params(model)
+    if cfg.channels_last:
+        # NHWC conv weights and activations: the same values, a faster oneDNN / cuDNN layout (a no-op for 2-D tensors)
+        model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg, param_groups(model, si))
     schedule = build_schedule(cfg, optimizer, si)
-    return RunState(model, optimizer, schedule, si, torch.Generator().manual_seed(cfg.seed))
+    return RunState(model, optimizer, schedule, si, torch.Generator().manual_seed(cfg.seed), precision=cfg.precision)
+
+
+def compile_unavailable(device: torch.device) -> str | None:
+    """Why torch.compile cannot run on this machine (a phrase), or None."""
+    try:
+        import torch._dynamo
+
+        if not torch._dynamo.is_dynamo_supported():
+            return f"TorchDynamo does not support Python {platform.python_version()} on this platform"
+    except Exception as e:  # an import that fails is as good as an unsupported platform
+        return f"TorchDynamo cannot load ({type(e).__name__})"
+    if device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX") or "g++", "c++", "clang++")):
+        return "no C++ compiler on PATH (the CPU backend needs one)"
+    if device.type == "cuda":
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return "Triton is not installed"
+    return None
+
+
+class CompiledForward:
+    """model(x) through torch.compile, falling back to the module itself (with a one-line notice) if compiling
+    fails: a failed compile runs nothing, so the fallback computes what the eager run would have."""
+
+    def __init__(self, model: torch.nn.Module, notice):
+        self.model, self.notice = model, notice
+        # dynamic=False: one graph per batch shape (full and last batch, test chunks), none slower than eager
+        self.compiled = torch.compile(model, dynamic=False)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.compiled is not None:
+            import torch._dynamo
+
+            try:
+                return self.compiled(x)
+            except torch._dynamo.exc.TorchDynamoException as e:
+                self.compiled = None
+                self.notice(f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:120]}); training "
+                            "eagerly (--compile off skips the attempt)")
+        return self.model(x)
+
+    @property
+    def active(self) -> bool:
+        return self.compiled is not None
+
+
+def setup_compile(state: RunState, cfg: RunConfig, steps: int, device: torch.device, notice) -> bool:
+    """Compile the run's forward when asked (on), or when it pays (auto: >= COMPILE_MIN_STEPS steps); where
+    torch.compile is unavailable, say so in one line and train eagerly. Returns whether it compiles."""
+    if cfg.compile == "off" or (cfg.compile == "auto" and steps < COMPILE_MIN_STEPS):
+        return False
+    why = compile_unavailable(device)
+    if why:
+        notice(f"torch.compile unavailable: {why}; training eagerly (--compile off silences this)")
+        return False
+    if device.type == "cpu":   # torch warns that it found no CUDA runtime when it looks for a compiler: noise here
+        import logging
+
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    state.forward = CompiledForward(state.model, notice)
+    return True
 
 
 def initial_rule_rate(cfg: RunConfig) -> float:
@@ -178,8 +260,9 @@ def run_epoch(state: RunState, data: Data, cfg: RunConfig, on_step=None) -> dict
     batches = batch_indices(len(data.y_train), cfg.batch_size, state.perm, dev)
     for i, idx in enumerate(batches, 1):
         x, y = data.x_train[idx], data.y_train[idx]
-        out = model(x)
-        loss = F.cross_entropy(out, y)
+        with state.autocast():
+            out = state.forward(x)
+            loss = F.cross_entropy(out, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if si_params:
@@ -204,7 +287,7 @@ def run_epoch(state: RunState, data: Data, cfg: RunConfig, on_step=None) -> dict
             on_step(i, len(batches))
     n_batches = len(batches)
 
-    test_loss, test_correct = evaluate(model, data)
+    test_loss, test_correct = evaluate(state, data)
     per_step = torch.stack([loss_sum, acc_sum, grad_sum, angle_sum, angle_sq_sum, geff_sq_sum, elr_sum]) / n_batches
     record, extra = _norm_record(state, cfg, torch.cat([
         torch.stack([test_loss, test_correct]), per_step,
@@ -263,23 +346,24 @@ def _tau_by_layer(record: dict, cfg: RunConfig, steps_per_epoch: int) -> dict:
 def initial_record(state: RunState, data: Data, cfg: RunConfig) -> dict:
     """Epoch 0, before the first step: the test metrics, norms, and the rule's rate and ELR at initialisation."""
     state.schedule.on_epoch_start(1)  # idempotent: sets the rate epoch 1 will use, from the initial weights
-    test_loss, test_correct = evaluate(state.model, data)
+    test_loss, test_correct = evaluate(state, data)
     record, (test_loss, test_correct) = _norm_record(state, cfg, torch.stack([test_loss, test_correct]))
     return {"epoch": 0, "step": 0, **record, "train_loss": None, "train_acc": None, "test_loss": test_loss,
             "test_acc": test_correct / len(data.y_test), "elr_mean": record["elr"], "wall_time": 0.0}
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, data: Data) -> tuple[torch.Tensor, torch.Tensor]:
+def evaluate(state: RunState, data: Data) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean cross-entropy and the number correct over the whole test split, eval mode (device tensors)."""
-    model.eval()
+    state.model.eval()
     loss, correct = torch.zeros((), device=data.x_test.device), torch.zeros((), device=data.x_test.device)
     for i in range(0, len(data.y_test), EVAL_BATCH):
-        out = model(data.x_test[i:i + EVAL_BATCH])
         y = data.y_test[i:i + EVAL_BATCH]
-        loss += F.cross_entropy(out, y, reduction="sum")
+        with state.autocast():
+            out = state.forward(data.x_test[i:i + EVAL_BATCH])
+        loss += F.cross_entropy(out.float(), y, reduction="sum")
         correct += (out.argmax(1) == y).sum()
-    model.train()
+    state.model.train()
     return loss / len(data.y_test), correct
 
 
@@ -343,14 +427,21 @@ def _train(cfg: RunConfig, out: Path, live: Progress | None) -> dict:
         torch.set_num_threads(cfg.threads)
     data = load_data(cfg.data, subset=cfg.subset, test_subset=cfg.test_subset, seed=cfg.data_seed,
                      device=device)
+    if cfg.channels_last:
+        # NHWC once, here: a minibatch gathered from it (x[idx] along N) keeps the layout, so no per-step copy
+        data.x_train = data.x_train.contiguous(memory_format=torch.channels_last)
+        data.x_test = data.x_test.contiguous(memory_format=torch.channels_last)
     state = build_state(cfg, data.num_classes, device)
+    say = live.notice if live else (lambda text: print(f"elr: {text}", file=sys.stderr))
+    steps = cfg.epochs * len(batch_indices(len(data.y_train), cfg.batch_size, torch.Generator(), "cpu"))
+    compiled = setup_compile(state, cfg, steps, device, say)
 
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # e.g. a pseudo file system that refuses directories even to root: nothing written yet
         raise ConfigError(f"cannot create the run directory {out}: {e.strerror}; choose a writable --out") from None
     if not runs.is_run_dir(out):
-        runs.write_json(out / runs.CONFIG, {**cfg.to_dict(), "env": environment(device)})
+        runs.write_json(out / runs.CONFIG, {**cfg.to_dict(), "env": {**environment(device), "compiled": compiled}})
     ckpt = out / runs.CHECKPOINT
     if ckpt.exists():
         state.restore(torch.load(ckpt, map_location=device, weights_only=False))
@@ -361,10 +452,14 @@ def _train(cfg: RunConfig, out: Path, live: Progress | None) -> dict:
     session_start = time.perf_counter()
     if live:
         live.begin(state.epoch)
-    diverged_epoch, record = None, None
+        if compiled:
+            live.note("compiling the model (the first epoch takes longer)")
+    diverged_epoch, record, epoch_seconds = None, None, []
     with _StopRequest() as stop:
         while state.epoch < cfg.epochs:
+            started = time.perf_counter()
             record = run_epoch(state, data, cfg, on_step=live.step if live else None)
+            epoch_seconds.append(time.perf_counter() - started)
             record["wall_time"] = state.wall_time + time.perf_counter() - session_start
             if record["test_acc"] is not None and record["test_acc"] > state.best_acc:
                 state.best_acc, state.best_epoch = record["test_acc"], state.epoch
@@ -382,6 +477,10 @@ def _train(cfg: RunConfig, out: Path, live: Progress | None) -> dict:
     if state.epoch < cfg.epochs and diverged_epoch is None:
         return {"interrupted": True, "epochs_done": state.epoch, "epochs": cfg.epochs}
     summary = summarize(runs.read_metrics(out), cfg, diverged_epoch)
+    active = compiled and state.forward.active
+    # the compile's cost, as the first epoch's excess over the second (both in this session)
+    summary.update(compiled=active, compile_seconds=(round(epoch_seconds[0] - epoch_seconds[1], 2)
+                                                     if active and len(epoch_seconds) > 1 else None))
     runs.write_json(out / runs.SUMMARY, summary)
     return summary
 
@@ -419,6 +518,13 @@ class Progress:
 
     def note(self, text: str) -> None:
         self._write(f"{text} ...")
+
+    def notice(self, text: str) -> None:
+        """A line that stays (a fallback, a warning), above the live line."""
+        self.close()
+        self.stream.write(f"elr: {text}\n")
+        self.stream.flush()
+        self.width = 0
 
     def _eta(self, epochs_done: float) -> str:
         done = epochs_done - self.first_epoch
