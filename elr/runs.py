@@ -20,6 +20,9 @@ from pathlib import Path
 import numpy as np
 
 CONFIG, METRICS, CHECKPOINT, SUMMARY = "config.json", "metrics.jsonl", "checkpoint.pt", "summary.json"
+# a packed run keeps its previous checkpoint too: a pack killed between its runs' checkpoint writes resumes
+# every run from the same epoch (elr.train.train_many), so a resumed pack computes what an unbroken one did
+CHECKPOINT_PREV = "checkpoint.prev.pt"
 
 
 def _fsync_dir(path: Path) -> None:

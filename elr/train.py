@@ -244,68 +244,93 @@ class _SIRates:
         return (self.tensor * layer_sq).sum() / layer_sq.sum()
 
 
-def run_epoch(state: RunState, data: Data, cfg: RunConfig, on_step=None) -> dict:
-    """One pass over the training data plus evaluation; returns the epoch's metrics record.
-    on_step(i, n) is called after the i-th of n steps (host-side only: it must not read device tensors)."""
-    model, opt, si_params = state.model, state.optimizer, list(state.si.values())
-    dev = data.x_train.device
-    zero = lambda: torch.zeros((), device=dev)  # noqa: E731
-    loss_sum, acc_sum, grad_sum, angle_sum = zero(), zero(), zero(), zero()
-    angle_sq_sum, geff_sq_sum, elr_sum = zero(), zero(), zero()
-    start = [p.detach().clone() for p in si_params]
-    prev = [p.detach().clone() for p in si_params]
-    state.schedule.on_epoch_start(state.epoch + 1)
-    si_rates = _SIRates(state, dev)
-    model.train()
-    batches = batch_indices(len(data.y_train), cfg.batch_size, state.perm, dev)
-    for i, idx in enumerate(batches, 1):
-        x, y = data.x_train[idx], data.y_train[idx]
-        with state.autocast():
-            out = state.forward(x)
-            loss = F.cross_entropy(out, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+class EpochPass:
+    """One run's epoch, step by step: the batch order, the per-step metric sums (device tensors, no host
+    sync), the optimizer step, and the epoch's record. run_epoch drives one run's forward and backward; a
+    packed epoch (elr/pack.py) drives K runs' together and hands each run its own loss and outputs."""
+
+    def __init__(self, state: RunState, data: Data, cfg: RunConfig):
+        self.state, self.data, self.cfg = state, data, cfg
+        self.si_params = list(state.si.values())
+        dev = data.x_train.device
+        self.zero = lambda: torch.zeros((), device=dev)  # noqa: E731
+        self.loss_sum, self.acc_sum, self.grad_sum, self.angle_sum = (self.zero() for _ in range(4))
+        self.angle_sq_sum, self.geff_sq_sum, self.elr_sum = (self.zero() for _ in range(3))
+        self.start = [p.detach().clone() for p in self.si_params]
+        self.prev = [p.detach().clone() for p in self.si_params]
+        state.schedule.on_epoch_start(state.epoch + 1)
+        self.si_rates = _SIRates(state, dev)
+        state.model.train()
+        self.batches = batch_indices(len(data.y_train), cfg.batch_size, state.perm, dev)
+
+    def batch(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.batches[i]
+        return self.data.x_train[idx], self.data.y_train[idx]
+
+    def step(self, loss: torch.Tensor, out: torch.Tensor, y: torch.Tensor) -> None:
+        """After loss.backward(): the step's metrics, the optimizer and schedule step, the angle it moved."""
+        state, si_params, prev = self.state, self.si_params, self.prev
         if si_params:
             # the loss gradient (before weight decay) and the norm it is scaled by, at the same step
             g = global_norm([p.grad for p in si_params])
             torch._foreach_copy_(prev, [p.detach() for p in si_params])
             layer_sq = torch.stack(torch._foreach_norm(prev)) ** 2
             rho_sq = layer_sq.sum()
-            grad_sum += g
-            geff_sq_sum += g**2 * rho_sq        # Wan et al. 2021: G = ||g|| ||w||, squared for the RMS
-            elr_sum += si_rates.weighted(layer_sq) / rho_sq
-        opt.step()
+            self.grad_sum += g
+            self.geff_sq_sum += g**2 * rho_sq        # Wan et al. 2021: G = ||g|| ||w||, squared for the RMS
+            self.elr_sum += self.si_rates.weighted(layer_sq) / rho_sq
+        state.optimizer.step()
         state.schedule.on_step_end()
         if si_params:
             angle = angle_between(prev, [p.detach() for p in si_params])
-            angle_sum += angle
-            angle_sq_sum += angle**2
-        loss_sum += loss.detach()
-        acc_sum += (out.argmax(1) == y).float().mean()
+            self.angle_sum += angle
+            self.angle_sq_sum += angle**2
+        self.loss_sum += loss.detach()
+        self.acc_sum += (out.argmax(1) == y).float().mean()
         state.step += 1
-        if on_step is not None:
-            on_step(i, len(batches))
-    n_batches = len(batches)
 
-    test_loss, test_correct = evaluate(state, data)
-    per_step = torch.stack([loss_sum, acc_sum, grad_sum, angle_sum, angle_sq_sum, geff_sq_sum, elr_sum]) / n_batches
-    record, extra = _norm_record(state, cfg, torch.cat([
-        torch.stack([test_loss, test_correct]), per_step,
-        angle_between(start, [p.detach() for p in si_params])[None] if si_params else zero()[None]]))
-    (test_loss, test_correct, train_loss, train_acc, grad_norm, angle_step, angle_sq, geff_sq, elr_mean,
-     angle_epoch) = extra
-    state.epoch += 1
-    return {
-        "epoch": state.epoch, "step": state.step, **record, "train_loss": train_loss, "train_acc": train_acc,
-        "test_loss": test_loss, "test_acc": test_correct / len(data.y_test),  # an exact count (< 2^24) / n in float64
-        "grad_norm": grad_norm, "effective_grad_norm": grad_norm * record["si_norm"],  # Wan et al. 2021: G = ||g|| ||w||
-        # the theory's quantities, each over the epoch's steps: the norm balance E[eta^2 ||g||^2] = 2 eta lam ||w||^2
-        # is a mean-square law (Wan et al. 2021), so the angle and G are RMS, and the ELR is the rate each step had
-        "angular_update": angle_epoch, "angular_update_per_step": angle_step,
-        "angular_update_rms": math.sqrt(angle_sq), "effective_grad_norm_rms": math.sqrt(geff_sq),
-        "elr_mean": elr_mean if record["si_norm"] > 0 else None,
-        **_tau_by_layer(record, cfg, n_batches),
-    }
+    def finish(self) -> dict:
+        """Evaluate, fetch everything in one host sync, and return the epoch's metrics record."""
+        state, cfg, data, si_params = self.state, self.cfg, self.data, self.si_params
+        n_batches = len(self.batches)
+        test_loss, test_correct = evaluate(state, data)
+        per_step = torch.stack([self.loss_sum, self.acc_sum, self.grad_sum, self.angle_sum, self.angle_sq_sum,
+                                self.geff_sq_sum, self.elr_sum]) / n_batches
+        record, extra = _norm_record(state, cfg, torch.cat([
+            torch.stack([test_loss, test_correct]), per_step,
+            angle_between(self.start, [p.detach() for p in si_params])[None] if si_params else self.zero()[None]]))
+        (test_loss, test_correct, train_loss, train_acc, grad_norm, angle_step, angle_sq, geff_sq, elr_mean,
+         angle_epoch) = extra
+        state.epoch += 1
+        return {
+            "epoch": state.epoch, "step": state.step, **record, "train_loss": train_loss, "train_acc": train_acc,
+            "test_loss": test_loss, "test_acc": test_correct / len(data.y_test),  # an exact count (< 2^24) / n in float64
+            "grad_norm": grad_norm, "effective_grad_norm": grad_norm * record["si_norm"],  # Wan et al. 2021: G = ||g|| ||w||
+            # the theory's quantities, each over the epoch's steps: the norm balance E[eta^2 ||g||^2] = 2 eta lam ||w||^2
+            # is a mean-square law (Wan et al. 2021), so the angle and G are RMS, and the ELR is the rate each step had
+            "angular_update": angle_epoch, "angular_update_per_step": angle_step,
+            "angular_update_rms": math.sqrt(angle_sq), "effective_grad_norm_rms": math.sqrt(geff_sq),
+            "elr_mean": elr_mean if record["si_norm"] > 0 else None,
+            **_tau_by_layer(record, cfg, n_batches),
+        }
+
+
+def run_epoch(state: RunState, data: Data, cfg: RunConfig, on_step=None) -> dict:
+    """One pass over the training data plus evaluation; returns the epoch's metrics record.
+    on_step(i, n) is called after the i-th of n steps (host-side only: it must not read device tensors)."""
+    epoch = EpochPass(state, data, cfg)
+    n = len(epoch.batches)
+    for i in range(n):
+        x, y = epoch.batch(i)
+        with state.autocast():
+            out = state.forward(x)
+            loss = F.cross_entropy(out, y)
+        state.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        epoch.step(loss, out, y)
+        if on_step is not None:
+            on_step(i + 1, n)
+    return epoch.finish()
 
 
 def _norm_record(state: RunState, cfg: RunConfig, extra: torch.Tensor) -> tuple[dict, list[float]]:
@@ -398,90 +423,192 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
+# What the runs of one pack share: one data tensor on one device, one step shape, one numeric format.
+PACK_KEYS = ("model", "width", "data", "subset", "test_subset", "data_seed", "batch_size", "precision", "device",
+             "channels_last", "threads")
+
+
 def train(cfg: RunConfig, out: str | os.PathLike, *, progress: bool | None = None) -> dict:
     """Train (or resume, or skip if finished) the run in `out`; returns its summary.
 
     Raises ConfigError / DataError on bad input before writing anything. A returned summary with
     "interrupted": True means the run stopped on a signal and can be resumed by calling again.
     """
-    out = Path(out)
-    cfg.validate()
-    check_run_dir(cfg, out)
-    if runs.run_ended(out):
-        return runs.read_summary(out)
-    show = sys.stderr.isatty() if progress is None else progress
-    live = Progress(cfg, sys.stderr) if show else None
-    try:
-        return _train(cfg, out, live)
-    finally:
-        if live:
-            live.close()
+    return train_many([(cfg, out)], progress=progress)[0]
 
 
-def _train(cfg: RunConfig, out: Path, live: Progress | None) -> dict:
-    if live:
-        live.note("loading data and building the model")
-    device = torch.device(cfg.device)
-    if cfg.threads:
-        # the reduction order, hence the last bits of every result, depends on the thread count: a study fixes it
-        torch.set_num_threads(cfg.threads)
-    data = load_data(cfg.data, subset=cfg.subset, test_subset=cfg.test_subset, seed=cfg.data_seed,
-                     device=device)
-    if cfg.channels_last:
-        # NHWC once, here: a minibatch gathered from it (x[idx] along N) keeps the layout, so no per-step copy
-        data.x_train = data.x_train.contiguous(memory_format=torch.channels_last)
-        data.x_test = data.x_test.contiguous(memory_format=torch.channels_last)
+def train_many(items: list[tuple[RunConfig, str | os.PathLike]], *, progress: bool | None = None) -> list[dict]:
+    """Train K runs as one pack (K = 1: `elr train`): one process, one data tensor, and while two or more are at
+    the same epoch one forward and backward per step for all of them (elr/pack.py); each run is otherwise
+    exactly itself (its seed, batch order, optimizer, schedule, BatchNorm statistics, run directory, metrics,
+    checkpoint), so a pack's metrics equal the runs trained alone. Returns the summaries in order."""
+    items = [(cfg, Path(out)) for cfg, out in items]
+    for cfg, out in items:
+        cfg.validate()
+        check_run_dir(cfg, out)
+    check_packable([cfg for cfg, _ in items])
+    done = {out: runs.read_summary(out) for _, out in items if runs.run_ended(out)}
+    todo = [(cfg, out) for cfg, out in items if out not in done]
+    if todo:
+        show = sys.stderr.isatty() if progress is None else progress
+        live = Progress(todo[0][0], sys.stderr, pack=len(todo)) if show else None
+        try:
+            done.update(_train_pack(todo, live))
+        finally:
+            if live:
+                live.close()
+    return [done[out] for _, out in items]
+
+
+def check_packable(cfgs: list[RunConfig]) -> None:
+    first = cfgs[0].to_dict()
+    for cfg in cfgs[1:]:
+        diff = [k for k in PACK_KEYS if cfg.to_dict()[k] != first[k]]
+        if diff:
+            raise ConfigError(f"runs packed together must share {', '.join(PACK_KEYS)}; these differ in "
+                              f"{', '.join(diff)}")
+
+
+@dataclass
+class _Member:
+    """One run of a pack: its configuration, directory, state, and this session's bookkeeping."""
+    cfg: RunConfig
+    out: Path
+    state: RunState
+    compiled: bool
+    keep_prev: bool = False         # packed: the previous checkpoint stays beside the current one
+    saved_epoch: int = -1
+    diverged_epoch: int | None = None
+    epoch_seconds: list = field(default_factory=list)
+
+    @property
+    def open(self) -> bool:
+        return self.state.epoch < self.cfg.epochs and self.diverged_epoch is None
+
+
+def _open_run(cfg: RunConfig, out: Path, data: Data, device: torch.device, say, pack: int) -> _Member:
+    """Build (or restore) one run's state and make its directory: config.json, metrics up to its checkpoint,
+    the epoch-0 record."""
     state = build_state(cfg, data.num_classes, device)
-    say = live.notice if live else (lambda text: print(f"elr: {text}", file=sys.stderr))
     steps = cfg.epochs * len(batch_indices(len(data.y_train), cfg.batch_size, torch.Generator(), "cpu"))
-    compiled = setup_compile(state, cfg, steps, device, say)
-
+    # a pack's steps go through one vmapped forward for all its runs (not compiled): compile only a run alone
+    compiled = pack == 1 and setup_compile(state, cfg, steps, device, say)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # e.g. a pseudo file system that refuses directories even to root: nothing written yet
         raise ConfigError(f"cannot create the run directory {out}: {e.strerror}; choose a writable --out") from None
     if not runs.is_run_dir(out):
-        runs.write_json(out / runs.CONFIG, {**cfg.to_dict(), "env": {**environment(device), "compiled": compiled}})
-    ckpt = out / runs.CHECKPOINT
-    if ckpt.exists():
-        state.restore(torch.load(ckpt, map_location=device, weights_only=False))
+        runs.write_json(out / runs.CONFIG, {**cfg.to_dict(), "env": {**environment(device), "compiled": compiled,
+                                                                      "pack": pack}})
+    ckpt, prev = out / runs.CHECKPOINT, out / runs.CHECKPOINT_PREV
+    for path in (ckpt, prev):   # the previous one where a kill fell between moving it aside and the new write
+        if path.exists():
+            state.restore(torch.load(path, map_location=device, weights_only=False))
+            break
     runs.truncate_metrics(out, state.epoch)  # lines past the checkpoint (or a torn tail) are redone
     if state.epoch == 0 and runs.read_initial(out) is None:
         runs.append_metrics(out, initial_record(state, data, cfg))
+    return _Member(cfg, out, state, compiled, keep_prev=pack > 1, saved_epoch=state.epoch)
+
+
+def _align(members: list[_Member], device: torch.device) -> None:
+    """A pack killed between its runs' checkpoint writes left some runs one checkpoint ahead: step those back
+    to their previous checkpoint, so that every run resumes from the same epoch and the pack recomputes exactly
+    what an unbroken pack did. (Where no such checkpoint exists, the runs behind catch up alone.)"""
+    low = min(m.state.epoch for m in members)
+    for m in members:
+        prev = m.out / runs.CHECKPOINT_PREV
+        if m.state.epoch > low and prev.exists():
+            ck = torch.load(prev, map_location=device, weights_only=False)
+            if ck["epoch"] == low:
+                m.state.restore(ck)
+                runs.truncate_metrics(m.out, low)
+                m.saved_epoch = low
+
+
+def _train_pack(todo: list[tuple[RunConfig, Path]], live: Progress | None) -> dict:
+    cfg0 = todo[0][0]
+    if live:
+        live.note("loading data and building the model" + (f"s ({len(todo)} runs packed)" if len(todo) > 1 else ""))
+    device = torch.device(cfg0.device)
+    if cfg0.threads:
+        # the reduction order, hence the last bits of every result, depends on the thread count: a study fixes it
+        torch.set_num_threads(cfg0.threads)
+    data = load_data(cfg0.data, subset=cfg0.subset, test_subset=cfg0.test_subset, seed=cfg0.data_seed,
+                     device=device)
+    if cfg0.channels_last:
+        # NHWC once, here: a minibatch gathered from it (x[idx] along N) keeps the layout, so no per-step copy
+        data.x_train = data.x_train.contiguous(memory_format=torch.channels_last)
+        data.x_test = data.x_test.contiguous(memory_format=torch.channels_last)
+    say = live.notice if live else (lambda text: print(f"elr: {text}", file=sys.stderr))
+    members = [_open_run(cfg, out, data, device, say, len(todo)) for cfg, out in todo]
+    _align(members, device)
 
     session_start = time.perf_counter()
     if live:
-        live.begin(state.epoch)
-        if compiled:
+        live.begin(min(m.state.epoch for m in members))
+        if any(m.compiled for m in members):
             live.note("compiling the model (the first epoch takes longer)")
-    diverged_epoch, record, epoch_seconds = None, None, []
     with _StopRequest() as stop:
-        while state.epoch < cfg.epochs:
+        while any(m.open for m in members):
+            # the runs at the lowest epoch step together (after a resume, a run one epoch behind catches up alone)
+            low = min(m.state.epoch for m in members if m.open)
+            active = [m for m in members if m.open and m.state.epoch == low]
             started = time.perf_counter()
-            record = run_epoch(state, data, cfg, on_step=live.step if live else None)
-            epoch_seconds.append(time.perf_counter() - started)
-            record["wall_time"] = state.wall_time + time.perf_counter() - session_start
-            if record["test_acc"] is not None and record["test_acc"] > state.best_acc:
-                state.best_acc, state.best_epoch = record["test_acc"], state.epoch
-            if not finite(record):
-                diverged_epoch = state.epoch
-            runs.append_metrics(out, record)
-            state.schedule.on_epoch_end(state.epoch, record["test_loss"])
-            last = diverged_epoch is not None or state.epoch == cfg.epochs or stop.requested
-            if last or state.epoch % cfg.checkpoint_every == 0:
-                runs.atomic_write(ckpt, lambda f: torch.save(state.checkpoint(record["wall_time"]), f))
+            on_step = live.step if live else None
+            if len(active) == 1:
+                records = [run_epoch(active[0].state, data, active[0].cfg, on_step=on_step)]
+            else:
+                from .pack import run_packed_epoch
+
+                records = run_packed_epoch([m.state for m in active], data, [m.cfg for m in active], on_step=on_step)
+            seconds = time.perf_counter() - started
+            for m, record in zip(active, records):
+                m.epoch_seconds.append(seconds)
+                _end_epoch(m, record, session_start, stop.requested)
             if live:
-                live.epoch(record)
-            if last:
+                live.epoch(records[0])
+            if stop.requested:
+                for m in members:   # every run stops at a checkpoint of its own last epoch
+                    if m.open and m.saved_epoch != m.state.epoch:
+                        _save(m, m.state.wall_time + time.perf_counter() - session_start)
                 break
-    if state.epoch < cfg.epochs and diverged_epoch is None:
-        return {"interrupted": True, "epochs_done": state.epoch, "epochs": cfg.epochs}
-    summary = summarize(runs.read_metrics(out), cfg, diverged_epoch)
-    active = compiled and state.forward.active
+    return {m.out: _finish(m) for m in members}
+
+
+def _save(m: _Member, wall_time: float) -> None:
+    ckpt = m.out / runs.CHECKPOINT
+    if m.keep_prev and ckpt.exists():
+        os.replace(ckpt, m.out / runs.CHECKPOINT_PREV)   # atomic: a kill here leaves the previous one to resume from
+    runs.atomic_write(ckpt, lambda f: torch.save(m.state.checkpoint(wall_time), f))
+    m.saved_epoch = m.state.epoch
+
+
+def _end_epoch(m: _Member, record: dict, session_start: float, stopping: bool) -> None:
+    """Log one finished epoch of a run: its metrics line, best accuracy, divergence, schedule, checkpoint."""
+    state, cfg = m.state, m.cfg
+    record["wall_time"] = state.wall_time + time.perf_counter() - session_start
+    if record["test_acc"] is not None and record["test_acc"] > state.best_acc:
+        state.best_acc, state.best_epoch = record["test_acc"], state.epoch
+    if not finite(record):
+        m.diverged_epoch = state.epoch
+    runs.append_metrics(m.out, record)
+    state.schedule.on_epoch_end(state.epoch, record["test_loss"])
+    last = m.diverged_epoch is not None or state.epoch == cfg.epochs or stopping
+    if last or state.epoch % cfg.checkpoint_every == 0:
+        _save(m, record["wall_time"])
+
+
+def _finish(m: _Member) -> dict:
+    if m.open:
+        return {"interrupted": True, "epochs_done": m.state.epoch, "epochs": m.cfg.epochs}
+    (m.out / runs.CHECKPOINT_PREV).unlink(missing_ok=True)   # the run ended: nothing will align to it
+    summary = summarize(runs.read_metrics(m.out), m.cfg, m.diverged_epoch)
+    active = m.compiled and m.state.forward.active
     # the compile's cost, as the first epoch's excess over the second (both in this session)
-    summary.update(compiled=active, compile_seconds=(round(epoch_seconds[0] - epoch_seconds[1], 2)
-                                                     if active and len(epoch_seconds) > 1 else None))
-    runs.write_json(out / runs.SUMMARY, summary)
+    summary.update(compiled=active, compile_seconds=(round(m.epoch_seconds[0] - m.epoch_seconds[1], 2)
+                                                     if active and len(m.epoch_seconds) > 1 else None))
+    runs.write_json(m.out / runs.SUMMARY, summary)
     return summary
 
 
@@ -503,8 +630,8 @@ class Progress:
     a large model on a CPU takes minutes, and the user should see it move from the first step), and after
     every epoch with its metrics. Display state only: nothing here touches the run."""
 
-    def __init__(self, cfg: RunConfig, stream, every: float = 1.0):
-        self.cfg, self.stream, self.every = cfg, stream, every
+    def __init__(self, cfg: RunConfig, stream, every: float = 1.0, pack: int = 1):
+        self.cfg, self.stream, self.every, self.pack = cfg, stream, every, pack
         self.start, self.first_epoch, self.current = time.perf_counter(), 0, 1
         self.last, self.width, self.open = -math.inf, 0, False
 
@@ -544,7 +671,8 @@ class Progress:
         self.current = r["epoch"] + 1
         lr = r["lr"] if isinstance(r["lr"], float) else float(np.mean(list(r["lr"].values())))
         fmt = lambda v, f: "nan" if v is None else format(v, f)  # noqa: E731
-        self._write(f"epoch {r['epoch']}/{self.cfg.epochs}  loss {fmt(r['train_loss'], '.4f')}  "
+        runs_ = f" x{self.pack} runs" if self.pack > 1 else ""
+        self._write(f"epoch {r['epoch']}/{self.cfg.epochs}{runs_}  loss {fmt(r['train_loss'], '.4f')}  "
                     f"acc {fmt(r['train_acc'], '.3f')}  test {fmt(r['test_acc'], '.3f')}  lr {lr:.3g}  "
                     f"elr {fmt(r['elr'], '.3g')}  {self._eta(r['epoch'])}")
 

@@ -1,0 +1,137 @@
+"""Packed runs (elr/pack.py, elr.train.train_many): K runs in one step equal the K runs trained alone."""
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from elr import runs
+from elr.config import ConfigError, RunConfig
+from elr.data import load_data
+from elr.pack import run_packed_epoch
+from elr.train import build_state, run_epoch, train, train_many
+
+SMALL = dict(model="convnet_si", width=4, data="synthetic", subset=200, batch_size=50)
+# ELR-rule runs and baselines of every optimizer kind, each with its own seed, lr, weight decay and schedule
+MIXED = [dict(schedule="elr", lr=0.3, weight_decay=5e-3, seed=0),
+         dict(schedule="elr", lr=3.0, weight_decay=5e-4, seed=1, elr_norm="si"),
+         dict(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=1e-3, schedule="cosine", seed=2),
+         dict(optimizer="adam", lr=1e-3, weight_decay=1e-4, schedule="warmup", warmup_epochs=2, seed=3),
+         dict(optimizer="rmsprop", lr=1e-4, momentum=0.5, weight_decay=1e-3, schedule="plateau", seed=4),
+         dict(optimizer="adamw", lr=3e-4, weight_decay=1e-2, schedule="step", step_size=1, seed=5)]
+KEYS = ("train_loss", "train_acc", "test_loss", "test_acc", "si_norm", "weight_norm", "elr", "elr_mean", "lr",
+        "grad_norm", "angular_update_rms", "effective_grad_norm_rms", "angular_update")
+
+
+def close(a, b, rel):
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(close(a[k], b[k], rel) for k in a)
+    return a == pytest.approx(b, rel=rel, abs=1e-12)
+
+
+def test_packed_epochs_equal_single_runs_in_float64():
+    """Six runs (the seed's rule twice, SGD+momentum, Adam, RMSprop, AdamW; four schedules) over 4 epochs:
+    packed, every metric of every run equals the run alone within 1e-9 relative."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        data = load_data("synthetic", subset=200)
+        data.x_train, data.x_test = data.x_train.double(), data.x_test.double()
+        cfgs = [RunConfig(**SMALL, epochs=4, channels_last=False, **m) for m in MIXED]
+        alone = [build_state(c, 10, torch.device("cpu")) for c in cfgs]
+        packed = [build_state(c, 10, torch.device("cpu")) for c in cfgs]
+        for epoch in range(4):
+            singles = [run_epoch(s, data, c) for s, c in zip(alone, cfgs)]
+            together = run_packed_epoch(packed, data, cfgs)
+            for c, a, b in zip(cfgs, singles, together):
+                for k in KEYS:
+                    assert close(b[k], a[k], 1e-9), (epoch + 1, c.optimizer, c.schedule, k, a[k], b[k])
+            for s, c, r in zip(alone + packed, cfgs + cfgs, singles + together):
+                s.schedule.on_epoch_end(s.epoch, r["test_loss"])        # plateau reads the test loss
+        for a, b in zip(alone, packed):                                  # and the BN buffers are each run's own
+            for (n, x), (_, y) in zip(a.model.named_buffers(), b.model.named_buffers()):
+                assert torch.allclose(x.double(), y.double(), rtol=1e-9, atol=1e-12), n
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+PACK = [dict(schedule="elr", lr=0.3, weight_decay=5e-3, seed=0),
+        dict(optimizer="adam", lr=1e-3, weight_decay=1e-4, schedule="cosine", seed=1),
+        dict(schedule="constant", lr=0.05, weight_decay=5e-3, seed=2)]
+
+
+def pack_items(root, epochs=3, **extra):
+    return [(RunConfig(**SMALL, epochs=epochs, **m, **extra), root / f"r{i}") for i, m in enumerate(PACK)]
+
+
+def all_metrics(root):
+    strip = lambda recs: [{k: v for k, v in r.items() if k != "wall_time"} for r in recs]  # noqa: E731
+    return {p.name: strip([runs.read_initial(p)] + runs.read_metrics(p)) for p in sorted(root.iterdir())}
+
+
+def test_train_many_writes_each_run_as_its_own(tmp_path):
+    summaries = train_many(pack_items(tmp_path / "pack"), progress=False)
+    assert [s["finished"] for s in summaries] == [True] * 3
+    for i, (cfg, out) in enumerate(pack_items(tmp_path / "pack")):
+        assert runs.read_config(out)["env"]["pack"] == 3 and runs.read_config(out)["seed"] == cfg.seed
+        assert [r["epoch"] for r in runs.read_metrics(out)] == [1, 2, 3] and runs.read_initial(out)["epoch"] == 0
+        assert (out / runs.CHECKPOINT).exists() and not (out / runs.CHECKPOINT_PREV).exists()
+        # the same run trained alone starts from the same epoch-0 record (same seed, same initial weights)
+        alone = train(cfg, tmp_path / "alone" / out.name, progress=False)
+        assert runs.read_initial(tmp_path / "alone" / out.name) == runs.read_initial(out)
+        assert alone["final_test_acc"] == pytest.approx(summaries[i]["final_test_acc"], abs=0.1)
+    assert train_many(pack_items(tmp_path / "pack"), progress=False) == summaries   # finished: nothing retrained
+    with pytest.raises(ConfigError, match="must share .* differ in batch_size"):
+        train_many([(RunConfig(**SMALL, epochs=1), tmp_path / "x"),
+                    (RunConfig(**{**SMALL, "batch_size": 40}, epochs=1), tmp_path / "y")], progress=False)
+
+
+class _Kill(BaseException):
+    """Stands in for SIGKILL at a chosen instant: nothing after it runs."""
+
+
+def test_a_pack_killed_between_its_checkpoints_resumes_value_identical(tmp_path, monkeypatch):
+    """Killed after run 0 saved epoch 2 and before run 1 did: run 0 steps back to its previous checkpoint, and
+    the resumed pack's metrics equal an unbroken pack's, value for value."""
+    import elr.train as T
+
+    train_many(pack_items(tmp_path / "ref"), progress=False)
+    real, calls = T._save, []
+
+    def save(m, wall):
+        calls.append(m.out.name)
+        if len(calls) == 3 + 2:                # epoch 1 saved by all, epoch 2 by run 0 only
+            raise _Kill
+        real(m, wall)
+
+    monkeypatch.setattr(T, "_save", save)
+    with pytest.raises(_Kill):
+        train_many(pack_items(tmp_path / "run"), progress=False)
+    monkeypatch.setattr(T, "_save", real)
+    epochs = [torch.load(tmp_path / "run" / f"r{i}" / runs.CHECKPOINT, weights_only=False)["epoch"] for i in range(3)]
+    assert epochs == [2, 1, 1]                 # misaligned, as a kill can leave a pack
+    train_many(pack_items(tmp_path / "run"), progress=False)
+    assert all_metrics(tmp_path / "run") == all_metrics(tmp_path / "ref")
+
+
+def test_a_pack_survives_sigkill_value_identical(tmp_path):
+    script = ("import sys; from pathlib import Path; sys.path.insert(0, 'tests'); from test_pack import pack_items; "
+              "from elr.train import train_many; train_many(pack_items(Path(sys.argv[1]), epochs=6), progress=False)")
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    cmd = lambda root: [sys.executable, "-c", script, str(root)]  # noqa: E731
+    ref = subprocess.Popen(cmd(tmp_path / "ref"), env=env)
+    proc = subprocess.Popen(cmd(tmp_path / "run"), env=env)
+    deadline = time.time() + 120
+    while not list((tmp_path / "run").glob("r2/checkpoint.pt")) and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ref.wait() == 0
+    assert subprocess.run(cmd(tmp_path / "run"), env=env).returncode == 0
+    assert all_metrics(tmp_path / "run") == all_metrics(tmp_path / "ref")
