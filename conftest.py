@@ -28,6 +28,9 @@ def pytest_addoption(parser):
     g.addoption("--scale", default="smoke", help="study scale from experiments/design.toml: smoke (default) | cpu")
     g.addoption("--data", default=None, help="override the scale's data: cifar10 | npz:PATH | synthetic")
     g.addoption("--gpu", action="store_true", help="train on CUDA (with -n N, worker i takes GPU i mod count)")
+    g.addoption("--pack", type=int, default=None, help="train up to K runs of one model and data per step (default: 1 "
+                                                       "on CPU, elr.study.PACK_CUDA with --gpu); metrics equal K=1's "
+                                                       "up to float rounding")
     g.addoption("--seeds", type=int, default=1, help="repeat every configuration with K seeds (default 1)")
     g.addoption("--runs-dir", default="runs", help="where run directories go: RUNS_DIR/<scale>/<run> (default runs)")
     g.addoption("--report-dir", default="reports", help="where reports go: REPORT_DIR/<scale>-<date>/ (default reports)")
@@ -73,6 +76,8 @@ def _check_request(config) -> str | None:
 
     if config.getoption("seeds") < 1:
         return f"--seeds must be a positive integer, got {config.getoption('seeds')}"
+    if config.getoption("pack") is not None and config.getoption("pack") < 1:
+        return f"--pack must be a positive integer, got {config.getoption('pack')}"
     if config.getoption("gpu") or _selects_long(config):
         import torch
 
@@ -209,14 +214,15 @@ def study(request, scale) -> Study:
     from elr import runs
     from elr.config import ConfigError
     from elr.data import DataError
-    from elr.study import Design, evaluate, expand, train_all
+    from elr.study import Design, auto_pack, evaluate, expand, train_all
 
     config = request.config
     try:
         configs = expand(Design.load(config.getoption("design")), scale, seeds=config.getoption("seeds"),
                          data=config.getoption("data"), device=_device(config))
         root = Path(config.getoption("runs_dir")) / scale
-        paths = train_all(configs, root)
+        device = _device(config)
+        paths = train_all(configs, root, pack=config.getoption("pack") or auto_pack("cpu" if device == "cpu" else "cuda"))
     except (ConfigError, DataError) as e:
         pytest.exit(f"elr: {e}", returncode=2)
     loaded = runs.load_runs(paths)

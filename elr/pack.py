@@ -3,13 +3,16 @@
     records = run_packed_epoch(states, data, cfgs)   # one epoch of K runs; records[k] as run_epoch(states[k]) gives
 
 A batch-128 step of a CIFAR-sized network leaves most of a GPU idle; K such steps issued as one keep it
-busy. The K runs' weights and BatchNorm buffers are stacked along a new leading axis and the model is
+busy. Batched (the default on CUDA), the K runs' weights and BatchNorm buffers are stacked along a new leading axis and the model is
 applied to all K minibatches at once with torch.func.vmap over torch.func.functional_call: every layer
 becomes one batched kernel (a K-group convolution, a K-batched matmul), and BatchNorm normalises each run's
 minibatch by its own statistics and updates its own running buffers. Nothing else is shared: each run draws
 its own batch order, computes its own loss, and steps its own optimizer and schedule (elr.train.EpochPass),
 so a packed run's metrics equal the run trained alone up to the summation order inside batched kernels
-(tests/test_pack.py: <= 1e-9 relative in float64 over several epochs).
+(tests/test_pack.py: <= 1e-9 relative in float64 over several epochs). Unbatched (the default on a CPU, where
+batching K small models was measured slower than running them in turn), a pack runs each model's own forward in
+turn within the step: the same kernels as the run alone, so its metrics are bitwise the run's own; the pack
+still shares the process, the data and the checkpoint protocol.
 
 Why the sum of the K losses is backpropagated: run k's weights enter only run k's loss, so the gradient of
 the sum with respect to them is exactly the gradient of run k's own loss.
@@ -31,8 +34,10 @@ class PackedForward:
     afresh at each call (they change every step), so gradients flow back to each run's own leaf tensors; the
     BatchNorm buffers, updated in place on the stacked copy in train mode, are written back to each run."""
 
-    def __init__(self, states: list[RunState]):
-        self.models = [s.model for s in states]
+    def __init__(self, states: list[RunState], batched: bool | None = None):
+        self.states, self.models = states, [s.model for s in states]
+        device = next(self.models[0].parameters()).device
+        self.vmapped = device.type == "cuda" if batched is None else batched
         self.skeleton = self.models[0]       # functional_call only borrows its structure, never its tensors
         self.param_names = [n for n, _ in self.skeleton.named_parameters()]
         self.buffer_names = [n for n, _ in self.skeleton.named_buffers()]
@@ -43,6 +48,8 @@ class PackedForward:
         self.batched = vmap(one)
 
     def __call__(self, xs: torch.Tensor) -> torch.Tensor:
+        if not self.vmapped:      # each run's own forward (compiled where it is): bitwise the run alone
+            return torch.stack([s.forward(x) for s, x in zip(self.states, xs)])
         own = [(dict(m.named_parameters()), dict(m.named_buffers())) for m in self.models]
         params = {n: torch.stack([p[n] for p, _ in own]) for n in self.param_names}
         buffers = {n: torch.stack([b[n] for _, b in own]) for n in self.buffer_names}
@@ -56,10 +63,10 @@ class PackedForward:
 
 
 def run_packed_epoch(states: list[RunState], data: Data, cfgs: list[RunConfig], on_step=None,
-                     forward: PackedForward | None = None) -> list[dict]:
+                     batched: bool | None = None) -> list[dict]:
     """One epoch of K runs that share the model, data, batch size and precision (elr.train.PACK_KEYS); returns
-    each run's metrics record. on_step(i, n) as run_epoch's."""
-    forward = forward or PackedForward(states)
+    each run's metrics record. on_step(i, n) as run_epoch's; batched: vmap (default on CUDA) or each in turn."""
+    forward = PackedForward(states, batched)
     passes = [EpochPass(s, data, c) for s, c in zip(states, cfgs)]
     n = len(passes[0].batches)
     assert all(len(p.batches) == n for p in passes), "packed runs must share the data and the batch size"

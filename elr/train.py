@@ -437,11 +437,13 @@ def train(cfg: RunConfig, out: str | os.PathLike, *, progress: bool | None = Non
     return train_many([(cfg, out)], progress=progress)[0]
 
 
-def train_many(items: list[tuple[RunConfig, str | os.PathLike]], *, progress: bool | None = None) -> list[dict]:
+def train_many(items: list[tuple[RunConfig, str | os.PathLike]], *, progress: bool | None = None,
+               batched: bool | None = None) -> list[dict]:
     """Train K runs as one pack (K = 1: `elr train`): one process, one data tensor, and while two or more are at
     the same epoch one forward and backward per step for all of them (elr/pack.py); each run is otherwise
     exactly itself (its seed, batch order, optimizer, schedule, BatchNorm statistics, run directory, metrics,
-    checkpoint), so a pack's metrics equal the runs trained alone. Returns the summaries in order."""
+    checkpoint), so a pack's metrics equal the runs trained alone (bitwise unbatched, the default on a CPU;
+    within float rounding batched, the default on CUDA: elr/pack.py). Returns the summaries in order."""
     items = [(cfg, Path(out)) for cfg, out in items]
     for cfg, out in items:
         cfg.validate()
@@ -453,7 +455,7 @@ def train_many(items: list[tuple[RunConfig, str | os.PathLike]], *, progress: bo
         show = sys.stderr.isatty() if progress is None else progress
         live = Progress(todo[0][0], sys.stderr, pack=len(todo)) if show else None
         try:
-            done.update(_train_pack(todo, live))
+            done.update(_train_pack(todo, live, batched))
         finally:
             if live:
                 live.close()
@@ -526,7 +528,7 @@ def _align(members: list[_Member], device: torch.device) -> None:
                 m.saved_epoch = low
 
 
-def _train_pack(todo: list[tuple[RunConfig, Path]], live: Progress | None) -> dict:
+def _train_pack(todo: list[tuple[RunConfig, Path]], live: Progress | None, batched: bool | None) -> dict:
     cfg0 = todo[0][0]
     if live:
         live.note("loading data and building the model" + (f"s ({len(todo)} runs packed)" if len(todo) > 1 else ""))
@@ -561,7 +563,8 @@ def _train_pack(todo: list[tuple[RunConfig, Path]], live: Progress | None) -> di
             else:
                 from .pack import run_packed_epoch
 
-                records = run_packed_epoch([m.state for m in active], data, [m.cfg for m in active], on_step=on_step)
+                records = run_packed_epoch([m.state for m in active], data, [m.cfg for m in active], on_step=on_step,
+                                           batched=batched)
             seconds = time.perf_counter() - started
             for m, record in zip(active, records):
                 m.epoch_seconds.append(seconds)

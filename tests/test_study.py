@@ -137,6 +137,19 @@ def test_plugin_end_to_end_under_xdist_writes_one_report(micro, monkeypatch):
             assert json.loads((run / "config.json").read_text())["env"]["threads"] == 1
     again = {k: v["verdict"] for k, v in verdicts.items()}
 
+    # packed 4 runs to a step (on a CPU each model's own forward in turn): the same metrics, the same verdicts
+    third = micro.runpytest_subprocess(*args[:-1], "rep3", "--runs-dir", "packed", "--pack", "4")
+    assert third.ret == first.ret, third.stdout.str()
+    (report3,) = list((micro.path / "rep3").iterdir())
+    packed = {v["id"]: v["verdict"] for v in json.loads((report3 / "verdicts.json").read_text())}
+    assert packed == again
+    packs = [json.loads((r / "config.json").read_text())["env"]["pack"] for r in (micro.path / "packed" / "micro").iterdir()
+             if r.is_dir()]
+    assert max(packs) == 4 and len(packs) == 26
+    for run in (micro.path / "runs" / "micro").iterdir():
+        if run.is_dir():
+            assert strip(runs.read_metrics(run)) == strip(runs.read_metrics(micro.path / "packed" / "micro" / run.name))
+
     # verdicts judged again from the run directories alone agree (elr report's path: test_report_finds_...)
     from elr.claims import evaluate_all
 
