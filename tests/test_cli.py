@@ -52,6 +52,9 @@ CASES = {
     "epochs": (["--epochs", "x"], "invalid int value"),
     "subset too large": (["--subset", "100000"], "subset"),
     "device": (["--device", "tpu"], "accepted: cpu, cuda"),
+    "compile": (["--compile", "maybe"], "unknown compile 'maybe'; accepted: auto, on, off"),
+    "precision": (["--precision", "fp16"], "unknown precision 'fp16'; accepted: fp32, bf16"),
+    "channels last": (["--channels-last", "maybe"], "expected true or false"),
 }
 
 
