@@ -11,6 +11,7 @@ import torch
 
 from elr import bench
 from elr.cli import main
+from test_cli import run_bad    # one definition of a one-line error
 from elr.config import RunConfig
 from elr.study import Design, expand
 
@@ -224,18 +225,6 @@ def test_quick_skips_the_big_models_fast_and_packed_rows(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------- bad input
-def run_bad(capsys, argv, needle):
-    try:
-        code = main(argv)
-    except SystemExit as e:  # argparse
-        code = e.code
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0].startswith("elr: error:") and needle.lower() in lines[0].lower(), lines[0]
-
-
 BAD = {
     "model": (["--models", "vgg,convnet_si:2"], "accepted: convnet_si, resnet18"),
     "width in models": (["--models", "convnet_si:0"], "positive integer"),

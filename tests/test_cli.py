@@ -38,7 +38,7 @@ def run_bad(capsys, argv, needle):
     assert code == 2, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
-    assert needle.lower() in lines[0].lower(), lines[0]
+    assert lines[0].startswith("elr: error:") and needle.lower() in lines[0].lower(), lines[0]
     return lines[0]
 
 
