@@ -36,6 +36,11 @@ def pytest_addoption(parser):
     g.addoption("--report-dir", default="reports", help="where reports go: REPORT_DIR/<scale>-<date>/ (default reports)")
     g.addoption("--fresh", action="store_true", help="delete this scale's runs and start the study over")
     g.addoption("--design", default=str(ROOT / "experiments" / "design.toml"), help="the study design file")
+    from elr.cluster import OPTIONS
+
+    c = parser.getgroup("elr study on a cluster (elr/cluster.py; needs pip install -e \".[slurm]\")")
+    for flag, kwargs in OPTIONS:
+        c.addoption(flag, **kwargs)
 
 
 def _selects_long(config) -> bool:
@@ -68,6 +73,12 @@ def pytest_collection_modifyitems(config, items):
         items[:] = keep
 
 
+def _cluster_options(config):
+    from elr.cluster import options_from
+
+    return options_from(config.getoption, poll_seconds=float(os.environ.get("ELR_PROGRESS_SECONDS") or 30.0))
+
+
 def _check_request(config) -> str | None:
     """Why the requested study cannot start here (one line), or None. Cheapest checks first."""
     from elr.config import ConfigError
@@ -78,6 +89,10 @@ def _check_request(config) -> str | None:
         return f"--seeds must be a positive integer, got {config.getoption('seeds')}"
     if config.getoption("pack") is not None and config.getoption("pack") < 1:
         return f"--pack must be a positive integer, got {config.getoption('pack')}"
+    try:
+        _cluster_options(config).check()
+    except ConfigError as e:
+        return str(e)
     if config.getoption("gpu") or _selects_long(config):
         import torch
 
@@ -222,11 +237,31 @@ def study(request, scale) -> Study:
                          data=config.getoption("data"), device=_device(config))
         root = Path(config.getoption("runs_dir")) / scale
         device = _device(config)
-        paths = train_all(configs, root, pack=config.getoption("pack") or auto_pack("cpu" if device == "cpu" else "cuda"))
+        pack = config.getoption("pack") or auto_pack("cpu" if device == "cpu" else "cuda")
+        opts = _cluster_options(config)
+        if opts.executor == "local":
+            paths = train_all(configs, root, pack=pack)
+        else:
+            paths = _on_cluster(config, configs, root, opts, pack)
     except (ConfigError, DataError) as e:
         pytest.exit(f"elr: {e}", returncode=2)
     loaded = runs.load_runs(paths)
     return Study(scale, root, loaded, {v.id: v for v in evaluate(loaded)})
+
+
+def _on_cluster(config, configs, root, opts, pack):
+    """The study's runs as submitit jobs; the controller waits (progress through the terminal reporter), or
+    with --no-wait returns at once, and a crashed run that used up its retries ends the session in one line."""
+    from elr.cluster import StudyFailed, Submitted, train_on_executor
+
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    stream = _ReporterStream(config, reporter) if reporter is not None else None
+    try:
+        return train_on_executor(configs, root, opts, pack=pack, stream=stream)
+    except Submitted as e:
+        pytest.exit(f"elr: {e}", returncode=0)
+    except StudyFailed as e:
+        pytest.exit(f"elr: {e}", returncode=1)
 
 
 @pytest.fixture

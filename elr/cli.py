@@ -7,6 +7,7 @@ Bad input exits 2 with one line `elr: error: ...` naming the problem and the acc
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -92,6 +93,31 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "study under it")
     r.add_argument("--out", type=Path, help="report directory (default reports/<scale>-<date>, with a -2, -3 ... suffix "
                                             "rather than over another study's report)")
+    st = sub.add_parser("study", help="a study in flight: status of its runs and cluster tasks")
+    ss = st.add_subparsers(dest="study_command", required=True, metavar="run|status")
+    sr = ss.add_parser("run", help="train a study (here, or as cluster jobs) and write its report",
+                       description="The study without pytest: expand the design at a scale, train every run not yet "
+                                   "ended (here, or through --executor), judge the claims and write "
+                                   "REPORT_DIR/<scale>-<date>/. `pytest experiments/` does the same and turns the "
+                                   "verdicts into test outcomes.")
+    sr.add_argument("--scale", default="smoke", help="smoke (default) | cpu | full (a scale in the design file)")
+    sr.add_argument("--design", type=Path, default=None, help="the design file (default: experiments/design.toml "
+                                                               "of this checkout)")
+    sr.add_argument("--data", help="override the scale's data: cifar10 | npz:PATH | synthetic")
+    sr.add_argument("--seeds", type=int, default=1, help="repeat every configuration with K seeds (default 1)")
+    sr.add_argument("--runs-dir", type=Path, default=Path("runs"), help="run directories go to RUNS_DIR/<scale>/ "
+                                                                        "(default runs)")
+    sr.add_argument("--report-dir", type=Path, default=Path("reports"), help="the report goes to "
+                                                                             "REPORT_DIR/<scale>-<date>/ (default reports)")
+    sr.add_argument("--gpu", action="store_true", help="train on CUDA")
+    sr.add_argument("--pack", type=int, default=None, help="up to K runs per step (default 1 on CPU, 16 with --gpu)")
+    from .cluster import OPTIONS
+
+    for flag, kwargs in OPTIONS:
+        sr.add_argument(flag, **kwargs)
+    s1 = ss.add_parser("status", help="one line per run: finished / diverged / epoch reached, its task's job id, and "
+                                      "failures with their logs (RUNS_DIR/<scale>/.cluster.json)")
+    s1.add_argument("runs_dir", type=Path, help="a study's runs directory, e.g. runs/full")
     b = sub.add_parser("bench", help="measure training throughput (images/s, MFU) and project the study's wall time",
                        description="Time whole training epochs on synthetic CIFAR-shaped data, batch 128, in four "
                                    "modes: loop (a plain DataLoader + SGD loop, the baseline), eager (the trainer's "
@@ -177,6 +203,53 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_study(args) -> int:
+    from .cluster import status_table
+
+    if args.study_command == "run":
+        return _study_run(args)
+    if not args.runs_dir.is_dir():
+        raise ConfigError(f"{args.runs_dir} is not a directory; give a study's runs directory, e.g. runs/full")
+    print(status_table(args.runs_dir))
+    return 0
+
+
+def _study_run(args) -> int:
+    from .cluster import StudyFailed, Submitted, options_from, train_on_executor
+    from .report import REPORT_HTML, verdict_summary
+    from .study import Design, StudyProgress, auto_pack, expand, rebuild_report, train_all
+    from .verdict import Verdict
+
+    design = args.design or Path(__file__).resolve().parent.parent / "experiments" / "design.toml"
+    if not design.is_file():
+        raise ConfigError(f"no design file at {design}; give --design PATH (experiments/design.toml in a checkout)")
+    if args.seeds < 1 or (args.pack is not None and args.pack < 1):
+        raise ConfigError("--seeds and --pack take integers >= 1")
+    device = "cuda" if args.gpu else "cpu"
+    configs = expand(Design.load(design), args.scale, seeds=args.seeds, data=args.data, device=device)
+    opts = options_from(lambda k: getattr(args, k)).check()
+    root, pack = args.runs_dir / args.scale, args.pack or auto_pack(device)
+    progress = StudyProgress(configs, root, label=args.scale, stream=sys.stderr, every=2.0 if sys.stderr.isatty()
+                             else 60.0, tty=sys.stderr.isatty()).start()
+    try:
+        if opts.executor == "local":
+            train_all(configs, root, pack=pack)
+        else:
+            train_on_executor(configs, root, opts, pack=pack)
+    except Submitted as e:
+        print(f"elr: {e}", file=sys.stderr)
+        return 0
+    except StudyFailed as e:
+        print(f"elr: {e}", file=sys.stderr)
+        return 1
+    finally:
+        progress.stop()
+    for path in rebuild_report(root, reports=args.report_dir):
+        verdicts = [Verdict.from_json(v) for v in json.loads(path.with_name("verdicts.json").read_text())]
+        print(f"report: {path}\n        {path.with_name(REPORT_HTML)}\n{verdict_summary(verdicts)}")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from .bench import plan_from_args, report_text, run
 
@@ -189,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        return {"train": cmd_train, "inspect": cmd_inspect, "report": cmd_report, "bench": cmd_bench}[args.command](args)
+        return {"train": cmd_train, "inspect": cmd_inspect, "report": cmd_report, "bench": cmd_bench,
+                "study": cmd_study}[args.command](args)
     except (ConfigError, DataError) as e:
         print(f"elr: error: {e}", file=sys.stderr)
         return 2

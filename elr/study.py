@@ -146,6 +146,25 @@ def _claim(path: Path, block: bool):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def pack_groups(configs: list[tuple[str, RunConfig]]) -> list[list[tuple[str, RunConfig]]]:
+    """The runs that can share a step (elr.train.PACK_KEYS), in design order, so that the same study packs the
+    same runs every time (a resumed pack recomputes what an unbroken one did)."""
+    from .train import PACK_KEYS
+
+    groups: dict[tuple, list[tuple[str, RunConfig]]] = {}
+    for name, cfg in configs:
+        groups.setdefault(tuple(str(cfg.to_dict()[k]) for k in PACK_KEYS), []).append((name, cfg))
+    return list(groups.values())
+
+
+def lock_held(path: Path) -> bool:
+    """Whether another process holds a run's lock now (a training run; the kernel drops a dead holder's)."""
+    if not path.exists():
+        return False
+    with _claim(path, False) as mine:
+        return not mine
+
+
 def auto_pack(device: str) -> int:
     """The default pack size: 1 on a CPU (packing K models into one step was slower there than K steps in
     turn: issue 8's measurements), PACK_CUDA on a GPU, where one batch-128 step leaves most of the chip idle."""
@@ -161,7 +180,7 @@ def train_all(configs: list[tuple[str, RunConfig]], root: str | Path, *, progres
     on the runs others hold, and finish any whose holder died. Raises ConfigError if a run directory holds a
     different configuration.
     """
-    from .train import PACK_KEYS, RunDirConflict, train_many
+    from .train import RunDirConflict, train_many
 
     root = Path(root)
 
@@ -175,10 +194,7 @@ def train_all(configs: list[tuple[str, RunConfig]], root: str | Path, *, progres
             if summary.get("interrupted"):
                 raise KeyboardInterrupt(f"run {name} interrupted at epoch {summary['epochs_done']}")
 
-    groups: dict[tuple, list[tuple[str, RunConfig]]] = {}
-    for name, cfg in configs:    # in design order, so that the same study packs the same runs every time
-        groups.setdefault(tuple(str(cfg.to_dict()[k]) for k in PACK_KEYS), []).append((name, cfg))
-    for members in groups.values():
+    for members in pack_groups(configs):
         while True:
             with ExitStack() as held:
                 mine = []
@@ -333,7 +349,7 @@ def report_dir(base: str | Path, name: str, source: Path) -> Path:
         k += 1
 
 
-def rebuild_report(runs_dir: str | Path, out: str | Path | None = None) -> list[Path]:
+def rebuild_report(runs_dir: str | Path, out: str | Path | None = None, *, reports: str | Path = "reports") -> list[Path]:
     """`python -m elr report PATH`: verdicts and figures from existing run directories, no training, one
     report per study found (find_studies). Default REPORTS: reports/<scale>-<date>/ (report_dir); with
     `out`, exactly there for one study, out/<scale>-<date>/ for several."""
@@ -345,6 +361,6 @@ def rebuild_report(runs_dir: str | Path, out: str | Path | None = None) -> list[
         loaded = rundir.load_runs(root)
         info = meta(loaded)
         name = f"{info['scale'].replace(', ', '+')}-{info['date']}"
-        target = Path(out) if out and len(studies) == 1 else report_dir(out or "reports", name, root)
+        target = Path(out) if out and len(studies) == 1 else report_dir(out or reports, name, root)
         made.append(write_report(target, evaluate(loaded), loaded, info))
     return made

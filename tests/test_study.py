@@ -246,3 +246,30 @@ def test_study_progress_counts_from_the_runs_directory(tmp_path):
     assert f"training {b} epoch 7/{cb.epochs}" in line and c not in line
     progress.start().stop()
     assert stream.getvalue().count("\n") == 1 and stream.getvalue().startswith("elr study smoke: 1/3")
+
+
+def test_the_study_through_submitit_jobs_gives_the_local_verdicts(micro, monkeypatch):
+    """`--executor submitit-local`: the slurm executor's submit / wait path with jobs as local processes (two
+    tasks of 13 packed runs); the same verdicts.json as the study trained in-process."""
+    pytest.importorskip("submitit")
+    monkeypatch.setenv("ELR_PROGRESS_SECONDS", "1")
+    args = ["experiments/", "--scale", "micro", "-p", "no:cacheprovider"]
+    local = micro.runpytest_subprocess(*args, "--report-dir", "rep-local", "--runs-dir", "local")
+    jobs = micro.runpytest_subprocess(*args, "--report-dir", "rep-jobs", "--runs-dir", "jobs",
+                                      "--executor", "submitit-local", "--pack", "13")
+    assert jobs.ret == local.ret, jobs.stdout.str()
+    (a,), (b,) = (micro.path / "rep-local").iterdir(), (micro.path / "rep-jobs").iterdir()
+    assert (b / "verdicts.json").read_text() == (a / "verdicts.json").read_text()
+    tasks = json.loads((micro.path / "jobs" / "micro" / ".cluster.json").read_text())["tasks"]
+    assert sorted(len(t["runs"]) for t in tasks) == [13, 13]
+    assert "elr cluster micro:" in jobs.stdout.str()          # the controller's line with the job ids
+    # the CLI's study (no pytest): the same runs directory is reused as it stands, the same verdicts
+    cli = subprocess.run([sys.executable, "-m", "elr", "study", "run", "--scale", "micro", "--design",
+                          "experiments/design.toml", "--runs-dir", "jobs", "--report-dir", "rep-cli"],
+                         cwd=micro.path, capture_output=True, text=True)
+    assert cli.returncode == 0, cli.stderr
+    (c,) = (micro.path / "rep-cli").iterdir()
+    assert (c / "verdicts.json").read_text() == (a / "verdicts.json").read_text()
+    assert f"report: rep-cli/{c.name}/report.md" in cli.stdout and "H1  " in cli.stdout   # paths and the summary
+    bad = micro.runpytest_subprocess(*args, "--executor", "slurm")
+    assert bad.ret == 2 and "--executor slurm needs SLURM" in bad.stderr.str() + bad.stdout.str()
