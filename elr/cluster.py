@@ -291,12 +291,24 @@ def _status(job, root: Path, open_runs: list[str]) -> str:
 
 
 def status_line(root: Path, state: dict, names: set[str]) -> str:
-    ended = sum(rundir.run_ended(root / n) for n in names)
-    live = [t for t in state["tasks"] if not t.get("gave_up") and any(not rundir.run_ended(root / n) for n in t["runs"])]
+    """runs done / total, then the tasks running (one of their runs' locks is held: training), queued, failed,
+    each with its job ids."""
+    from .study import lock_held
+
+    ended = {n for n in names if rundir.run_ended(root / n)}
+    open_tasks = [t for t in state["tasks"] if not t.get("gave_up") and set(t["runs"]) - ended]
+    running = [t for t in open_tasks if any(lock_held(root / f".{n}.lock") for n in set(t["runs"]) - ended)]
+    queued = [t for t in open_tasks if t not in running]
     failed = [t for t in state["tasks"] if t.get("gave_up")]
-    return (f"elr cluster {root.name}: {ended}/{len(names)} runs done, {len(live)} tasks queued or running"
-            + (f" (jobs {', '.join(t['job_id'] for t in live[:6])}{', …' if len(live) > 6 else ''})" if live else "")
-            + (f", {len(failed)} failed" if failed else ""))
+
+    def jobs(ts):
+        return ", ".join(t["job_id"] for t in ts[:6]) + (", …" if len(ts) > 6 else "")
+
+    parts = [f"{len(ended)}/{len(names)} runs done", f"{len(running)} running" + (f" ({jobs(running)})" if running else ""),
+             f"{len(queued)} queued" + (f" ({jobs(queued)})" if queued else "")]
+    if failed:
+        parts.append(f"{len(failed)} failed ({jobs(failed)})")
+    return f"elr cluster {root.name}: " + ", ".join(parts)
 
 
 def status_table(root: Path) -> str:

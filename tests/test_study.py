@@ -2,8 +2,10 @@
 
 import json
 import math
+import signal
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -252,6 +254,8 @@ def test_the_study_through_submitit_jobs_gives_the_local_verdicts(micro, monkeyp
     """`--executor submitit-local`: the slurm executor's submit / wait path with jobs as local processes (two
     tasks of 13 packed runs); the same verdicts.json as the study trained in-process."""
     pytest.importorskip("submitit")
+    from elr import runs
+
     monkeypatch.setenv("ELR_PROGRESS_SECONDS", "1")
     args = ["experiments/", "--scale", "micro", "-p", "no:cacheprovider"]
     local = micro.runpytest_subprocess(*args, "--report-dir", "rep-local", "--runs-dir", "local")
@@ -271,5 +275,26 @@ def test_the_study_through_submitit_jobs_gives_the_local_verdicts(micro, monkeyp
     (c,) = (micro.path / "rep-cli").iterdir()
     assert (c / "verdicts.json").read_text() == (a / "verdicts.json").read_text()
     assert f"report: rep-cli/{c.name}/report.md" in cli.stdout and "H1  " in cli.stdout   # paths and the summary
+    # the controller SIGKILLed mid-study, then the same command: it follows the jobs still running, resubmits
+    # what ended unfinished, trains no run twice, and reports the same verdicts
+    cmd = [sys.executable, "-m", "pytest", *args, "--report-dir", "rep-killed", "--runs-dir", "killed",
+           "--executor", "submitit-local", "--pack", "13"]
+    first = subprocess.Popen(cmd, cwd=micro.path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed = micro.path / "killed" / "micro"
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(m.read_bytes().count(b"\n") >= 3 for m in killed.glob("*/metrics.jsonl")):
+        time.sleep(0.05)                    # some run is two epochs in: the study is under way, far from done
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert not (micro.path / "rep-killed").exists() and not all(runs.run_ended(r) for r in killed.iterdir()
+                                                                if runs.is_run_dir(r))
+    again = subprocess.run(cmd, cwd=micro.path, capture_output=True, text=True)
+    assert again.returncode == local.ret, again.stdout
+    (k,) = (micro.path / "rep-killed").iterdir()
+    assert (k / "verdicts.json").read_text() == (a / "verdicts.json").read_text()
+    for run in killed.iterdir():
+        if runs.is_run_dir(run):
+            epochs = [r["epoch"] for r in runs.read_metrics(run)]
+            assert epochs == sorted(set(epochs)) and epochs[0] == 1, run.name      # each epoch logged once
     bad = micro.runpytest_subprocess(*args, "--executor", "slurm")
     assert bad.ret == 2 and "--executor slurm needs SLURM" in bad.stderr.str() + bad.stdout.str()
