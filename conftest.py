@@ -98,7 +98,8 @@ def _check_request(config) -> str | None:
 
         if not config.getoption("gpu"):
             return "the long study trains on CUDA: add --gpu (pytest experiments/ -m long --gpu)"
-        if not torch.cuda.is_available():
+        # with a cluster executor the controller (a login node) needs no GPU: the tasks check CUDA where they run
+        if not torch.cuda.is_available() and config.getoption("executor") == "local":
             return "--gpu given but CUDA is not available on this machine; run without --gpu (CPU scales: smoke, cpu)"
     try:
         design = Design.load(config.getoption("design"))
@@ -217,6 +218,8 @@ def scale(request) -> str:
 def _device(config) -> str:
     if not config.getoption("gpu"):
         return "cpu"
+    if config.getoption("executor") != "local":
+        return "cuda"               # each task's own GPU
     import torch
 
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
@@ -234,7 +237,8 @@ def study(request, scale) -> Study:
     config = request.config
     try:
         configs = expand(Design.load(config.getoption("design")), scale, seeds=config.getoption("seeds"),
-                         data=config.getoption("data"), device=_device(config))
+                         data=config.getoption("data"), device=_device(config),
+                         check_device=config.getoption("executor") == "local")
         root = Path(config.getoption("runs_dir")) / scale
         device = _device(config)
         pack = config.getoption("pack") or auto_pack("cpu" if device == "cpu" else "cuda")

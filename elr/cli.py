@@ -226,24 +226,27 @@ def _study_run(args) -> int:
     if args.seeds < 1 or (args.pack is not None and args.pack < 1):
         raise ConfigError("--seeds and --pack take integers >= 1")
     device = "cuda" if args.gpu else "cpu"
-    configs = expand(Design.load(design), args.scale, seeds=args.seeds, data=args.data, device=device)
     opts = options_from(lambda k: getattr(args, k)).check()
+    # a cluster controller needs no GPU of its own: the tasks check CUDA where they run
+    configs = expand(Design.load(design), args.scale, seeds=args.seeds, data=args.data, device=device,
+                     check_device=opts.executor == "local")
     root, pack = args.runs_dir / args.scale, args.pack or auto_pack(device)
     progress = StudyProgress(configs, root, label=args.scale, stream=sys.stderr, every=2.0 if sys.stderr.isatty()
                              else 60.0, tty=sys.stderr.isatty()).start()
     try:
-        if opts.executor == "local":
-            train_all(configs, root, pack=pack)
-        else:
-            train_on_executor(configs, root, opts, pack=pack)
+        try:
+            if opts.executor == "local":
+                train_all(configs, root, pack=pack)
+            else:
+                train_on_executor(configs, root, opts, pack=pack)
+        finally:
+            progress.stop()         # its last line before anything else is said
     except Submitted as e:
         print(f"elr: {e}", file=sys.stderr)
         return 0
     except StudyFailed as e:
         print(f"elr: {e}", file=sys.stderr)
         return 1
-    finally:
-        progress.stop()
     for path in rebuild_report(root, reports=args.report_dir):
         verdicts = [Verdict.from_json(v) for v in json.loads(path.with_name("verdicts.json").read_text())]
         print(f"report: {path}\n        {path.with_name(REPORT_HTML)}\n{verdict_summary(verdicts)}")

@@ -10,6 +10,7 @@ their checkpoints. Every process returns only when every run has ended.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import fcntl
 import math
@@ -93,9 +94,10 @@ def baseline_draws(baseline: dict) -> list[dict]:
 
 
 def expand(design: Design, scale_name: str, *, seeds: int = 1, data: str | None = None,
-           device: str = "cpu") -> list[tuple[str, RunConfig]]:
+           device: str = "cpu", check_device: bool = True) -> list[tuple[str, RunConfig]]:
     """Every run of the study at one scale, times `seeds`: the 8 ELR grid points, the baseline draws, the
-    plain-SGD twins of the grid points (H6) and the detector controls."""
+    plain-SGD twins of the grid points (H6) and the detector controls. check_device=False: a cluster
+    controller's configs, for a device its tasks have and it may not (a login node without GPUs)."""
     from .train import initial_rule_rate
 
     scale = design.scale(scale_name)
@@ -126,7 +128,11 @@ def expand(design: Design, scale_name: str, *, seeds: int = 1, data: str | None 
                 twin = RunConfig.from_dict({**cfg, **elr, "lr": labels["lr0"]})
                 cfg["lr"] = initial_rule_rate(twin)
                 cfg["labels"]["matched_lr"] = cfg["lr"]
-            out.append((run_name, RunConfig.from_dict(cfg).validate()))
+            if check_device:
+                out.append((run_name, RunConfig.from_dict(cfg).validate()))
+            else:               # validated here on a CPU, then given the tasks' device (they validate it there)
+                cpu = RunConfig.from_dict({**cfg, "device": "cpu"}).validate()
+                out.append((run_name, dataclasses.replace(cpu, device=device)))
     return out
 
 

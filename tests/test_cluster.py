@@ -137,3 +137,22 @@ def test_no_wait_returns_and_the_same_call_collects(tmp_path):
     for n, _ in cfgs:   # each epoch logged once: no run trained twice
         assert [r["epoch"] for r in runs.read_metrics(tmp_path / "jobs" / n)] == [1, 2, 3, 4]
     assert jobs, "nothing was submitted"
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_a_gpu_study_is_submitted_from_a_machine_without_gpus(tmp_path):
+    """A login node has no GPU: the controller submits a --gpu study anyway (the tasks check CUDA where they
+    run). Here the tasks have none either, so each fails, and with no retries the study ends naming its logs."""
+    import subprocess
+    import sys
+
+    design = Path(__file__).resolve().parent.parent / "experiments" / "design.toml"
+    done = subprocess.run([sys.executable, "-m", "elr", "study", "run", "--design", str(design), "--gpu",
+                           "--executor", "submitit-local", "--slurm-retries", "0", "--runs-dir", str(tmp_path / "runs"),
+                           "--report-dir", str(tmp_path / "rep")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith("elr: run 00-elr") and "failed 1 times (its log: " in line
+    log = Path(line.split("its log: ")[1].split(")")[0])
+    assert "CUDA is not available" in log.read_text()
+    assert not (tmp_path / "rep").exists()
