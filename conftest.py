@@ -232,36 +232,31 @@ def study(request, scale) -> Study:
     from elr import runs
     from elr.config import ConfigError
     from elr.data import DataError
-    from elr.study import Design, auto_pack, evaluate, expand, train_all
+    from elr.study import Design, auto_pack, evaluate, expand
 
     config = request.config
     try:
+        device, opts = _device(config), _cluster_options(config)
         configs = expand(Design.load(config.getoption("design")), scale, seeds=config.getoption("seeds"),
-                         data=config.getoption("data"), device=_device(config),
-                         check_device=config.getoption("executor") == "local")
+                         data=config.getoption("data"), device=device, check_device=opts.executor == "local")
         root = Path(config.getoption("runs_dir")) / scale
-        device = _device(config)
-        pack = config.getoption("pack") or auto_pack("cpu" if device == "cpu" else "cuda")
-        opts = _cluster_options(config)
-        if opts.executor == "local":
-            paths = train_all(configs, root, pack=pack)
-        else:
-            paths = _on_cluster(config, configs, root, opts, pack)
+        paths = _train(config, configs, root, opts, config.getoption("pack") or auto_pack(device))
     except (ConfigError, DataError) as e:
         pytest.exit(f"elr: {e}", returncode=2)
     loaded = runs.load_runs(paths)
     return Study(scale, root, loaded, {v.id: v for v in evaluate(loaded)})
 
 
-def _on_cluster(config, configs, root, opts, pack):
-    """The study's runs as submitit jobs; the controller waits (progress through the terminal reporter), or
-    with --no-wait returns at once, and a crashed run that used up its retries ends the session in one line."""
-    from elr.cluster import StudyFailed, Submitted, train_on_executor
+def _train(config, configs, root, opts, pack):
+    """The study's runs, here or as submitit jobs: a cluster controller waits (its line through the terminal
+    reporter), or with --no-wait returns at once, and a crashed run that used up its retries ends the session
+    in one line."""
+    from elr.cluster import StudyFailed, Submitted, train_runs
 
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     stream = _ReporterStream(config, reporter) if reporter is not None else None
     try:
-        return train_on_executor(configs, root, opts, pack=pack, stream=stream)
+        return train_runs(configs, root, opts, pack=pack, stream=stream)
     except Submitted as e:
         pytest.exit(f"elr: {e}", returncode=0)
     except StudyFailed as e:

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from . import runs
 from .config import PRECISIONS, ConfigError, RunConfig, check_device
-from .data import SYNTHETIC_TEST, SYNTHETIC_TRAIN, Data
+from .data import SYNTHETIC_TEST, SYNTHETIC_TRAIN, Data, n_batches
 from .models import MODELS, build_model
 
 BATCH = 128                      # the design's batch (experiments/design.toml batch_size)
@@ -392,8 +392,8 @@ def _fill(row: dict, times: list[float], warmup: int, train_images: int, eval_im
 
 
 def trained(n: int) -> int:
-    """Images an epoch over n trains on: a last batch of one is dropped (elr.data.batch_indices; BatchNorm)."""
-    return n - (n % BATCH == 1)
+    """Images an epoch over n trains on: all but a dropped last batch of one (elr.data.n_batches; BatchNorm)."""
+    return min(n, n_batches(n, BATCH) * BATCH)
 
 
 def _is_oom(e: BaseException) -> bool:

@@ -177,8 +177,6 @@ def cmd_train(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    import json
-
     from . import runs
     from .inspect import analyse, summary_text
 
@@ -215,9 +213,9 @@ def cmd_study(args) -> int:
 
 
 def _study_run(args) -> int:
-    from .cluster import StudyFailed, Submitted, options_from, train_on_executor
+    from .cluster import StudyFailed, Submitted, options_from, train_runs
     from .report import REPORT_HTML, verdict_summary
-    from .study import Design, StudyProgress, auto_pack, expand, rebuild_report, train_all
+    from .study import Design, StudyProgress, auto_pack, expand, rebuild_report
     from .verdict import Verdict
 
     design = args.design or Path(__file__).resolve().parent.parent / "experiments" / "design.toml"
@@ -235,10 +233,7 @@ def _study_run(args) -> int:
                              else 60.0, tty=sys.stderr.isatty()).start()
     try:
         try:
-            if opts.executor == "local":
-                train_all(configs, root, pack=pack)
-            else:
-                train_on_executor(configs, root, opts, pack=pack)
+            train_runs(configs, root, opts, pack=pack)
         finally:
             progress.stop()         # its last line before anything else is said
     except Submitted as e:

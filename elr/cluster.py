@@ -189,11 +189,22 @@ def load_state(root: Path) -> dict:
         return {"tasks": []}
 
 
-def _job(ex, opts: ClusterOptions, job_id: str, folder: Path):
+def _job(opts: ClusterOptions, job_id: str, folder: Path):
     import submitit
 
     cls = submitit.local.local.LocalJob if opts.executor == "submitit-local" else submitit.SlurmJob
     return cls(folder=folder, job_id=job_id)
+
+
+def train_runs(configs: list[tuple[str, RunConfig]], root: str | Path, opts: ClusterOptions, *, pack: int = 1,
+               stream=None) -> list[Path]:
+    """A study's runs through the chosen executor: local (study.train_all, in this process) or submitit jobs
+    (train_on_executor). pytest's study fixture and `elr study run` both train through here."""
+    if opts.executor == "local":
+        from .study import train_all
+
+        return train_all(configs, root, pack=pack)
+    return train_on_executor(configs, root, opts, pack=pack, stream=stream)
 
 
 def train_on_executor(configs: list[tuple[str, RunConfig]], root: str | Path, opts: ClusterOptions, *,
@@ -221,7 +232,7 @@ def train_on_executor(configs: list[tuple[str, RunConfig]], root: str | Path, op
             if not open_runs or t.get("gave_up"):
                 covered.update(open_runs)
                 continue
-            job = jobs.get(t["job_id"]) or _job(ex, opts, t["job_id"], folder)
+            job = jobs.get(t["job_id"]) or _job(opts, t["job_id"], folder)
             status = _status(job, root, open_runs)
             if status == "live":
                 covered.update(open_runs)

@@ -296,14 +296,18 @@ def _subset_indices(name, y_train, y_test, num_classes, subset, seed, test_subse
 
 # ---------------------------------------------------------------------------------------- batches
 
-def batch_indices(n: int, batch_size: int, generator: torch.Generator, device) -> list[torch.Tensor]:
-    """One epoch's minibatches: a permutation of range(n) drawn from `generator` (a CPU generator, whose
-    state the trainer checkpoints), split into ceil(n / batch_size) batches. A trailing remainder batch
-    of one sample is dropped: BatchNorm in train mode needs at least two."""
+def n_batches(n: int, batch_size: int) -> int:
+    """Minibatches per epoch: ceil(n / batch_size), less a trailing remainder batch of one sample (BatchNorm
+    in train mode needs at least two)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    full, rest = divmod(n, batch_size)
+    return full + (1 if rest > 1 or (rest == 1 and batch_size == 1) else 0)
+
+
+def batch_indices(n: int, batch_size: int, generator: torch.Generator, device) -> list[torch.Tensor]:
+    """One epoch's minibatches: a permutation of range(n) drawn from `generator` (a CPU generator, whose
+    state the trainer checkpoints), split into n_batches(n, batch_size) batches."""
+    count = n_batches(n, batch_size)
     perm = torch.randperm(n, generator=generator).to(device)
-    batches = list(perm.split(batch_size))
-    if batch_size > 1 and batches and len(batches[-1]) == 1:
-        batches.pop()
-    return batches
+    return list(perm.split(batch_size))[:count]

@@ -31,34 +31,36 @@ from .train import EpochPass, RunState
 
 class PackedForward:
     """model(x_k) for K runs at once: xs (K, B, ...) -> logits (K, B, classes). The runs' parameters are stacked
-    afresh at each call (they change every step), so gradients flow back to each run's own leaf tensors; the
-    BatchNorm buffers, updated in place on the stacked copy in train mode, are written back to each run."""
+    afresh at each call (their values change every step), so gradients flow back to each run's own leaf tensors;
+    the BatchNorm buffers, updated in place on the stacked copy in train mode, are written back to each run.
+    The tensors themselves are looked up once: optimizers and checkpoint restores update them in place."""
 
     def __init__(self, states: list[RunState], batched: bool | None = None):
-        self.states, self.models = states, [s.model for s in states]
-        device = next(self.models[0].parameters()).device
+        self.states, models = states, [s.model for s in states]
+        device = next(models[0].parameters()).device
         self.vmapped = device.type == "cuda" if batched is None else batched
-        self.skeleton = self.models[0]       # functional_call only borrows its structure, never its tensors
-        self.param_names = [n for n, _ in self.skeleton.named_parameters()]
-        self.buffer_names = [n for n, _ in self.skeleton.named_buffers()]
+        skeleton = models[0]       # functional_call only borrows its structure; train/eval mode is run 0's
+        names = [n for n, _ in skeleton.named_parameters()]
+        buffer_names = [n for n, _ in skeleton.named_buffers()]
+        own = [(dict(m.named_parameters()), dict(m.named_buffers())) for m in models]
+        self.params = {n: [p[n] for p, _ in own] for n in names}           # name -> the K runs' tensors
+        self.buffers = {n: [b[n] for _, b in own] for n in buffer_names}
 
         def one(params, buffers, x):
-            return functional_call(self.skeleton, (params, buffers), (x,))
+            return functional_call(skeleton, (params, buffers), (x,))
 
         self.batched = vmap(one)
 
     def __call__(self, xs: torch.Tensor) -> torch.Tensor:
         if not self.vmapped:      # each run's own forward (compiled where it is): bitwise the run alone
             return torch.stack([s.forward(x) for s, x in zip(self.states, xs)])
-        own = [(dict(m.named_parameters()), dict(m.named_buffers())) for m in self.models]
-        params = {n: torch.stack([p[n] for p, _ in own]) for n in self.param_names}
-        buffers = {n: torch.stack([b[n] for _, b in own]) for n in self.buffer_names}
-        self.skeleton.train(self.models[0].training)
+        params = {n: torch.stack(ts) for n, ts in self.params.items()}
+        buffers = {n: torch.stack(ts) for n, ts in self.buffers.items()}
         out = self.batched(params, buffers, xs)
         with torch.no_grad():
             for n, stacked in buffers.items():
-                for k, (_, b) in enumerate(own):
-                    b[n].copy_(stacked[k])
+                for k, t in enumerate(self.buffers[n]):
+                    t.copy_(stacked[k])
         return out
 
 

@@ -155,11 +155,11 @@ def _claim(path: Path, block: bool):
 def pack_groups(configs: list[tuple[str, RunConfig]]) -> list[list[tuple[str, RunConfig]]]:
     """The runs that can share a step (elr.train.PACK_KEYS), in design order, so that the same study packs the
     same runs every time (a resumed pack recomputes what an unbroken one did)."""
-    from .train import PACK_KEYS
+    from .train import pack_key
 
-    groups: dict[tuple, list[tuple[str, RunConfig]]] = {}
+    groups: dict[str, list[tuple[str, RunConfig]]] = {}
     for name, cfg in configs:
-        groups.setdefault(tuple(str(cfg.to_dict()[k]) for k in PACK_KEYS), []).append((name, cfg))
+        groups.setdefault(repr(pack_key(cfg)), []).append((name, cfg))
     return list(groups.values())
 
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from . import __version__, runs
 from .config import ConfigError, RunConfig
-from .data import Data, batch_indices, load_data
+from .data import Data, batch_indices, load_data, n_batches
 from .models import build_model, scale_invariant_params
 from .optim import build_optimizer, build_schedule, param_groups
 from .rule import angle_between, effective_lr, global_norm, rule_lr
@@ -131,17 +131,17 @@ class CompiledForward:
     fails: a failed compile runs nothing, so the fallback computes what the eager run would have."""
 
     def __init__(self, model: torch.nn.Module, notice):
-        self.model, self.notice = model, notice
+        import torch._dynamo   # here, not per call: __call__ is every step's forward
+
+        self.model, self.notice, self.failure = model, notice, torch._dynamo.exc.TorchDynamoException
         # dynamic=False: one graph per batch shape (full and last batch, test chunks), none slower than eager
         self.compiled = torch.compile(model, dynamic=False)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.compiled is not None:
-            import torch._dynamo
-
             try:
                 return self.compiled(x)
-            except torch._dynamo.exc.TorchDynamoException as e:
+            except self.failure as e:
                 self.compiled = None
                 self.notice(f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:120]}); training "
                             "eagerly (--compile off skips the attempt)")
@@ -462,10 +462,16 @@ def train_many(items: list[tuple[RunConfig, str | os.PathLike]], *, progress: bo
     return [done[out] for _, out in items]
 
 
+def pack_key(cfg: RunConfig) -> dict:
+    """What a run must share with the others of its pack (PACK_KEYS and their values)."""
+    d = cfg.to_dict()
+    return {k: d[k] for k in PACK_KEYS}
+
+
 def check_packable(cfgs: list[RunConfig]) -> None:
-    first = cfgs[0].to_dict()
+    first = pack_key(cfgs[0])
     for cfg in cfgs[1:]:
-        diff = [k for k in PACK_KEYS if cfg.to_dict()[k] != first[k]]
+        diff = [k for k, v in pack_key(cfg).items() if v != first[k]]
         if diff:
             raise ConfigError(f"runs packed together must share {', '.join(PACK_KEYS)}; these differ in "
                               f"{', '.join(diff)}")
@@ -492,7 +498,7 @@ def _open_run(cfg: RunConfig, out: Path, data: Data, device: torch.device, say, 
     """Build (or restore) one run's state and make its directory: config.json, metrics up to its checkpoint,
     the epoch-0 record."""
     state = build_state(cfg, data.num_classes, device)
-    steps = cfg.epochs * len(batch_indices(len(data.y_train), cfg.batch_size, torch.Generator(), "cpu"))
+    steps = cfg.epochs * n_batches(len(data.y_train), cfg.batch_size)
     # a pack's steps go through one vmapped forward for all its runs (not compiled): compile only a run alone
     compiled = pack == 1 and setup_compile(state, cfg, steps, device, say)
     try:
