@@ -19,6 +19,7 @@ take at the measured speed. Everything is printed and written to a JSON file.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import heapq
@@ -85,6 +86,7 @@ class Plan:
     repeats: int
     quick: bool
     out: Path
+    profile: bool = False
 
     def command(self) -> str:
         """The command that reproduces this measurement, every setting explicit."""
@@ -93,7 +95,7 @@ class Plan:
                  "--pack", ",".join(map(str, self.pack)), "--device", self.device, "--threads", str(self.threads),
                  "--images", str(self.images), "--test-images", str(self.test_images),
                  "--warmup", str(self.warmup), "--repeats", str(self.repeats), "--out", str(self.out)]
-        return shlex.join(parts + (["--quick"] if self.quick else []))
+        return shlex.join(parts + (["--quick"] if self.quick else []) + (["--profile"] if self.profile else []))
 
 
 def label(name: str, width: int | None) -> str:
@@ -161,11 +163,16 @@ def plan_from_args(args) -> Plan:
         if value < minimum:
             raise ConfigError(f"{flag} must be an integer >= {minimum}, got {value}")
     check_device(args.device)  # --device cuda without CUDA: one line, exit 2
+    profile = getattr(args, "profile", False)
+    if profile and not str(args.device).startswith("cpu"):
+        raise ConfigError(f"--profile splits the fast epoch's CPU time, so it needs --device cpu, got {args.device!r}")
+    if profile and "fast" not in _split(args.modes):
+        raise ConfigError("--profile profiles the fast rows; add fast to --modes")
     return Plan(models=models, modes=_choices("--modes", args.modes, MODES),
                 precisions=_choices("--precisions", args.precisions, PRECISIONS),
                 pack=_positive_ints("--pack", pick("pack")), device=args.device, threads=args.threads,
                 images=pick("images"), test_images=pick("test_images"), warmup=pick("warmup"),
-                repeats=pick("repeats"), quick=args.quick, out=args.out)
+                repeats=pick("repeats"), quick=args.quick, out=args.out, profile=profile)
 
 
 # ---------------------------------------------------------------------------------------------- pure arithmetic
@@ -188,6 +195,23 @@ def count_flops(model: torch.nn.Module, batch: int = 2) -> tuple[float, float]:
     model.train(was_training)
     forward = fwd.get_total_flops() / batch
     return forward + bwd.get_total_flops() / batch, forward
+
+
+# where a fast CPU epoch's time goes, by the name torch.profiler gives an event (self time, so nothing twice):
+# oneDNN's convolutions, and the kernels inductor generates for everything between them (its names start graph_)
+PROFILE_PARTS = (("convolution forward", ("aten::mkldnn_convolution",)),
+                 ("convolution backward", ("aten::convolution_backward",)),
+                 ("compiled kernels (BN, ReLU, pooling)", ("graph_",)))
+
+
+def profile_shares(events: list[tuple[str, float]]) -> dict[str, float]:
+    """Share of the total self time per PROFILE_PARTS part (by name prefix), the rest under "other"."""
+    total = sum(t for _, t in events)
+    parts = {name: 0.0 for name, _ in PROFILE_PARTS} | {"other": 0.0}
+    for key, t in events:
+        part = next((name for name, prefixes in PROFILE_PARTS if key.startswith(prefixes)), "other")
+        parts[part] += t
+    return {name: (t / total if total > 0 else 0.0) for name, t in parts.items()}
 
 
 def mfu(train_images: int, eval_images: int, seconds: float, flops: tuple[float, float], peak: float) -> float:
@@ -464,16 +488,43 @@ def _measure_fast(name, width, precision, plan: Plan, nhwc: Data, flops, peak, s
     # every fast row compiles from the same start: dynamo's in-memory caches (and its recompile limit) emptied;
     # torch's on-disk inductor cache stays, as it does between a user's runs
     torch._dynamo.reset()
-    compiled = setup_compile(state, cfg, steps=10**6, device=device, notice=notice)
-    times = time_epochs(_trainer_epoch(state, nhwc, cfg), plan.warmup + plan.repeats, device)
+    epoch = _trainer_epoch(state, nhwc, cfg)
+    with _kernel_names(plan.profile):
+        compiled = setup_compile(state, cfg, steps=10**6, device=device, notice=notice)
+        times = time_epochs(epoch, plan.warmup + plan.repeats, device)
     row = _fill(_row(name, width, "fast", precision), times, plan.warmup, trained(len(nhwc.y_train)),
                 len(nhwc.y_test), flops, peak)
+    if plan.profile:
+        row["profile"] = profile_epoch(epoch)
     if compiled and state.forward.active:
         row["compile_s"] = times[0] - row["epoch_s"]  # the first epoch's excess over a steady one
     else:
         row["note"] = "not compiled (" + "; ".join(notes)[:80] + "): eager channels_last" if notes else \
             "not compiled: eager channels_last"
     return row
+
+
+@contextlib.contextmanager
+def _kernel_names(on: bool):
+    """Have inductor name each generated CPU kernel in the profiler (it compiles them in, so set before the
+    first epoch); off again afterwards, so later rows compile as the trainer does."""
+    import torch._inductor.config as inductor
+
+    before = inductor.cpp.enable_kernel_profile
+    inductor.cpp.enable_kernel_profile = on or before
+    try:
+        yield
+    finally:
+        inductor.cpp.enable_kernel_profile = before
+
+
+def profile_epoch(epoch) -> dict[str, float]:
+    """One more (steady) epoch under torch.profiler: the share of its CPU time per PROFILE_PARTS part."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        epoch()
+    return profile_shares([(e.key, e.self_cpu_time_total) for e in prof.key_averages()])
 
 
 def _measure_packed(name, width, precision, k, plan: Plan, nhwc: Data, flops, peak) -> dict:
@@ -626,6 +677,10 @@ def report_text(result: dict) -> str:
         lines.append("MFU over 100%: MFU counts the direct convolution's FLOPs; a backend that convolves with fewer "
                      "multiplications (Winograd-type 3x3 kernels: on the 2-core AMD CPU a 3x3 conv ran at ~2x the "
                      "sgemm rate, one thread each) does less work than that count.")
+    for r in result["rows"]:
+        if r.get("profile"):
+            lines.append(f"profile of one more fast epoch, {r['model']} {r['precision']} (torch.profiler, share of "
+                         "self CPU time): " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in r["profile"].items()))
     peaks = "; ".join(f"{p}: {v['value'] / 1e9:,.1f} GFLOP/s ({v['source']})" for p, v in result["peak_flops"].items())
     lines.append(f"peak for MFU: {peaks}")
     lines.append("FLOPs per image (torch.utils.flop_counter: convolutions and matrix products): " + "; ".join(

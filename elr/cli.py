@@ -144,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="< 2 min on a 2-core CPU: smaller epochs, 2 timed; models "
                                                         "over 0.1 GFLOP per training image get loop and eager over 2 "
                                                         "steps only")
+    b.add_argument("--profile", action="store_true", help="after timing each fast row, profile one more epoch and "
+                                                          "print the share of CPU time in convolutions (forward, "
+                                                          "backward), compiled kernels and the rest (--device cpu)")
     b.add_argument("--out", type=Path, default=Path("bench.json"), help="JSON output (default bench.json)")
     return p
 

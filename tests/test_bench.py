@@ -9,6 +9,7 @@ import types
 import pytest
 import torch
 
+import elr.train
 from elr import bench
 from elr.cli import main
 from test_cli import run_bad    # one definition of a one-line error
@@ -186,6 +187,33 @@ def test_fast_row_reports_the_compile_time(tmp_path, monkeypatch):
     assert row["spread"] == pytest.approx((max(timed) - min(timed)) / row["epoch_s"]) and row["spread"] > 0
 
 
+def test_profile_shares_by_hand():
+    events = [("aten::mkldnn_convolution", 2.0), ("aten::convolution_backward", 3.0),
+              ("graph_0_cpp_fused_relu_0", 4.0), ("graph_1_cpp_fused_max_pool2d_1", 0.5), ("aten::index", 0.5)]
+    assert bench.profile_shares(events) == {"convolution forward": 0.2, "convolution backward": 0.3,
+                                            "compiled kernels (BN, ReLU, pooling)": 0.45, "other": 0.05}
+    assert bench.profile_shares([]) == dict.fromkeys(bench.profile_shares(events), 0.0)
+
+
+@pytest.mark.slow
+def test_profile_splits_a_real_fast_epoch(tmp_path, monkeypatch, capsys):
+    """--profile on a real compiled epoch: the generated kernels are named (so they are not lost in "other"),
+    the shares add up, and the line is printed; later compiles go back to unnamed kernels."""
+    import torch._inductor.config as inductor
+
+    if elr.train.compile_unavailable(torch.device("cpu")):
+        pytest.skip("torch.compile unavailable here")
+    monkeypatch.setattr(bench, "design_path", lambda: tmp_path / "absent.toml")
+    out = tmp_path / "b.json"
+    assert main(TINY + ["--modes", "fast", "--profile", "--out", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    shares = row["profile"]
+    assert sum(shares.values()) == pytest.approx(1.0)
+    assert shares["compiled kernels (BN, ReLU, pooling)"] > 0.05 and shares["convolution forward"] > 0.05
+    assert "profile of one more fast epoch, convnet_si:2 fp32" in capsys.readouterr().out
+    assert inductor.cpp.enable_kernel_profile is False
+
+
 def test_packed_rows_without_pack_and_out_of_memory(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(bench, "design_path", lambda: tmp_path / "absent.toml")
     out = tmp_path / "b.json"
@@ -237,6 +265,7 @@ BAD = {
     "images": (["--images", "1"], "--images must be an integer >= 2"),
     "device": (["--device", "tpu"], "accepted: cpu, cuda"),
     "threads": (["--threads", "0"], "--threads must be an integer >= 1"),
+    "profile without fast": (["--profile", "--modes", "eager"], "add fast to --modes"),
 }
 
 
