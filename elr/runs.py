@@ -19,10 +19,17 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import ConfigError
+
 CONFIG, METRICS, CHECKPOINT, SUMMARY = "config.json", "metrics.jsonl", "checkpoint.pt", "summary.json"
 # a packed run keeps its previous checkpoint too: a pack killed between its runs' checkpoint writes resumes
 # every run from the same epoch (elr.train.train_many), so a resumed pack computes what an unbroken one did
 CHECKPOINT_PREV = "checkpoint.prev.pt"
+
+
+class RunDirError(ConfigError):
+    """A run directory whose files cannot be used as they are; the message is one line naming the file and
+    what to do."""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -115,25 +122,59 @@ def read_initial(run_dir: str | os.PathLike) -> dict | None:
     return next((r for r in _read_records(run_dir) if r.get("epoch") == 0), None)
 
 
-def _read_records(run_dir: str | os.PathLike) -> list[dict]:
-    """All complete records in order; a torn (unterminated or unparsable) last line is skipped."""
+def _valid_record(obj) -> bool:
+    return isinstance(obj, dict) and isinstance(obj.get("epoch"), int) and not isinstance(obj["epoch"], bool)
+
+
+def scan_metrics(run_dir: str | os.PathLike) -> tuple[list[dict], list[tuple[int, str]], bool]:
+    """(records, damaged, torn): the complete records in order; the 1-based numbers and descriptions of damaged
+    lines before the last one (garbage, blank, not a record with an integer epoch); and whether the last line is
+    torn. Only the last line can be torn by a crash mid-append (every line is written and fsynced whole), so a
+    damaged line anywhere else is damage from outside, which must never cost the lines around it."""
     path = Path(run_dir) / METRICS
     if not path.exists():
-        return []
-    records = []
+        return [], [], False
     with open(path, "rb") as f:
-        for raw in f:
-            if not raw.endswith(b"\n"):
-                break  # torn tail of a crash mid-write
-            try:
-                records.append(json.loads(raw))
-            except json.JSONDecodeError:
-                break
-    return records
+        lines = f.read().split(b"\n")
+    # an unterminated last line is torn even where it parses: the crash fell inside its one write
+    torn = lines.pop() != b""
+    records, damaged = [], []
+    for number, raw in enumerate(lines, 1):
+        try:
+            obj = json.loads(raw)
+            why = None if _valid_record(obj) else "not a record with an integer epoch"
+        except ValueError:
+            why = "blank" if not raw.strip() else "not JSON"
+        if why is None:
+            records.append(obj)
+        elif number == len(lines) and not torn:
+            torn = True     # the old reading of a crash's last line, kept: it is dropped and redone
+        else:
+            damaged.append((number, why))
+    return records, damaged, torn
+
+
+def _read_records(run_dir: str | os.PathLike) -> list[dict]:
+    """All complete records in order; a torn last line and damaged lines are skipped (`Run.problems` names them)."""
+    return scan_metrics(run_dir)[0]
+
+
+def check_metrics(run_dir: str | os.PathLike) -> None:
+    """Refuse to resume over a damaged line: rewriting the log would drop it, and the lines after it with it
+    in older versions. Raises RunDirError naming the first damaged line."""
+    damaged = scan_metrics(run_dir)[1]
+    if damaged:
+        path = Path(run_dir) / METRICS
+        others = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
+        number, why = damaged[0]
+        raise RunDirError(f"{path} line {number} is damaged ({why}){others}; every other line is intact: "
+                          f"repair or delete that line, then rerun to resume")
 
 
 def truncate_metrics(run_dir: str | os.PathLike, last_epoch: int) -> list[dict]:
-    """Keep the records with epoch <= last_epoch (those the checkpoint covers), rewritten atomically."""
+    """Keep the records with epoch <= last_epoch (those the checkpoint covers), rewritten atomically; a torn
+    last line goes. Refuses (RunDirError) when a line before the last is damaged."""
+    check_metrics(run_dir)
     kept = [r for r in _read_records(run_dir) if r["epoch"] <= last_epoch]
     data = b"".join((dumps(r) + "\n").encode() for r in kept)
     atomic_write(Path(run_dir) / METRICS, lambda f: f.write(data))

@@ -218,6 +218,7 @@ def check_run_dir(cfg: RunConfig, out: Path) -> None:
         diff = [f"{k}: {old_id[k]!r} there, {new_id[k]!r} here" for k in new_id if old_id[k] != new_id[k]]
         if diff:
             raise RunDirConflict(f"{out} holds a different run ({'; '.join(diff)})")
+        runs.check_metrics(out)     # before anything is rewritten: a resume must not drop a damaged line's neighbours
         return
     parent = out
     while not parent.exists():
