@@ -25,6 +25,7 @@ from pathlib import Path
 
 from . import runs as rundir
 from .config import ConfigError, RunConfig
+from .runlock import LEASE_SECONDS, RunLock, held
 
 EXECUTORS = ("local", "slurm", "submitit-local")
 STATE = ".cluster.json"          # in the runs directory: the controller's tasks, their job ids, attempts, logs
@@ -55,10 +56,17 @@ class ClusterOptions:
     retries: int = 2                   # a task that crashes is resubmitted at most this many times
     wait: bool = True
     poll_seconds: float = 30.0
+    run_lock: str = "flock"            # elr.runlock: flock, or lease where flock does not hold across nodes
+    lease_seconds: float = LEASE_SECONDS
+
+    @property
+    def lock(self) -> RunLock:
+        return RunLock(self.run_lock, self.lease_seconds)
 
     def check(self) -> "ClusterOptions":
         if self.executor not in EXECUTORS:
             raise ConfigError(f"unknown executor {self.executor!r}; accepted: {', '.join(EXECUTORS)}")
+        self.lock.check()
         if self.executor == "local":
             return self
         try:
@@ -96,6 +104,11 @@ OPTIONS = [
     ("--slurm-job-prefix", dict(default="elr", help="job name prefix (default elr)")),
     ("--slurm-retries", dict(type=int, default=2, help="resubmissions of a crashed task (default 2)")),
     ("--no-wait", dict(action="store_true", help="submit and return; the same command later collects and reports")),
+    ("--run-lock", dict(default="flock", help="how a run is claimed: flock (default; needs a filesystem that honours "
+                                              "flock across nodes: NFSv4, Lustre -o flock, GPFS) | lease (a lease "
+                                              "file renewed by a heartbeat: any shared filesystem)")),
+    ("--lease-seconds", dict(type=float, default=LEASE_SECONDS, help="with --run-lock lease: a lease not renewed "
+                                                                     "this long is taken over (default 600)")),
 ]
 
 
@@ -108,7 +121,7 @@ def options_from(get, poll_seconds: float = 30.0) -> ClusterOptions:
         cpus_per_task=get("slurm_cpus_per_task"), mem_gb=get("slurm_mem_gb"),
         array_parallelism=get("slurm_array_parallelism"), additional=parse_additional(get("slurm_additional")),
         job_prefix=get("slurm_job_prefix"), retries=get("slurm_retries"), wait=not get("no_wait"),
-        poll_seconds=poll_seconds)
+        poll_seconds=poll_seconds, run_lock=get("run_lock"), lease_seconds=get("lease_seconds"))
 
 
 def minutes(spec: str) -> int:
@@ -146,11 +159,11 @@ def tasks_for(configs: list[tuple[str, RunConfig]], root: Path, pack: int) -> li
     return [group[i:i + pack] for group in pack_groups(todo) for i in range(0, len(group), pack)]
 
 
-def _task(root: str, items: list[tuple[str, dict]], pack: int) -> list[str]:
+def _task(root: str, items: list[tuple[str, dict]], pack: int, lock: RunLock = RunLock()) -> list[str]:
     """One job: train its runs (study.train_all: locks, packs, resume). Runs where the job runs."""
     from .study import train_all
 
-    train_all([(n, RunConfig.from_dict(d)) for n, d in items], Path(root), pack=pack)
+    train_all([(n, RunConfig.from_dict(d)) for n, d in items], Path(root), pack=pack, lock=lock)
     return [n for n, _ in items]
 
 
@@ -176,8 +189,8 @@ def _checkpointable():
     import submitit
 
     class StudyTask(submitit.helpers.Checkpointable):
-        def __call__(self, root, items, pack):
-            return _task(root, items, pack)
+        def __call__(self, root, items, pack, lock=RunLock()):
+            return _task(root, items, pack, lock)
 
     return StudyTask()
 
@@ -203,7 +216,7 @@ def train_runs(configs: list[tuple[str, RunConfig]], root: str | Path, opts: Clu
     if opts.executor == "local":
         from .study import train_all
 
-        return train_all(configs, root, pack=pack)
+        return train_all(configs, root, pack=pack, lock=opts.lock)
     return train_on_executor(configs, root, opts, pack=pack, stream=stream)
 
 
@@ -255,7 +268,8 @@ def train_on_executor(configs: list[tuple[str, RunConfig]], root: str | Path, op
         if new:
             cfgs = dict(configs)
             submitted = ex.map_array(_checkpointable(), [str(root)] * len(new),
-                                     [[(n, cfgs[n].to_dict()) for n, _ in g] for g in new], [pack] * len(new))
+                                     [[(n, cfgs[n].to_dict()) for n, _ in g] for g in new], [pack] * len(new),
+                                     [opts.lock] * len(new))
             for g, job in zip(new, submitted):
                 jobs[job.job_id] = job
                 state["tasks"].append({"runs": [n for n, _ in g], "job_id": job.job_id,
@@ -287,9 +301,7 @@ def _status(job, root: Path, open_runs: list[str]) -> str:
     if state.startswith(("UNKNOWN", "NO PROCESS", "INTERRUPTED")) or not state:
         # a job this controller cannot follow (a local job after a controller restart, or whose controller
         # process was killed while its task went on): alive while someone holds one of its runs' locks
-        from .study import lock_held
-
-        return "live" if any(lock_held(root / f".{n}.lock") for n in open_runs) else "ended"
+        return "live" if any(held(root, n) for n in open_runs) else "ended"
     if state.startswith(("FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "CANCELLED", "BOOT_FAIL", "DEADLINE")):
         return "failed"
     if state.startswith(("DONE", "COMPLETED", "FINISHED")):
@@ -304,11 +316,9 @@ def _status(job, root: Path, open_runs: list[str]) -> str:
 def status_line(root: Path, state: dict, names: set[str]) -> str:
     """runs done / total, then the tasks running (one of their runs' locks is held: training), queued, failed,
     each with its job ids."""
-    from .study import lock_held
-
     ended = {n for n in names if rundir.run_ended(root / n)}
     open_tasks = [t for t in state["tasks"] if not t.get("gave_up") and set(t["runs"]) - ended]
-    running = [t for t in open_tasks if any(lock_held(root / f".{n}.lock") for n in set(t["runs"]) - ended)]
+    running = [t for t in open_tasks if any(held(root, n) for n in set(t["runs"]) - ended)]
     queued = [t for t in open_tasks if t not in running]
     failed = [t for t in state["tasks"] if t.get("gave_up")]
 

@@ -2,22 +2,22 @@
 
     design.toml --expand()--> [(name, RunConfig)] --train_all()--> RUNS/<name>/ --evaluate()--> verdicts
 
-`train_all` is safe to call from several processes at once (pytest-xdist workers, or shells on one
-machine sharing a file system): each run is claimed with an advisory lock held while it trains (the
-kernel releases it if the process dies), finished runs are reused and interrupted ones resume from
-their checkpoints. Every process returns only when every run has ended.
+`train_all` is safe to call from several processes at once (pytest-xdist workers, shells, cluster tasks on
+nodes sharing a file system): each run is claimed with its run lock (elr.runlock: an advisory flock the kernel
+releases if the process dies, or a lease file where flock does not hold across nodes), finished runs are
+reused and interrupted ones resume from their checkpoints. Every process returns only when every run has
+ended.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import fcntl
 import math
 import shutil
 import threading
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +25,7 @@ import numpy as np
 
 from . import runs as rundir
 from .config import ConfigError, RunConfig, load_mapping
+from .runlock import RunLock, lock_files
 
 DESIGN_KEYS = {"batch_size", "elr", "baseline", "sgd", "controls", "scales"}
 # One intra-op thread per run, whatever -n is: a run's numbers depend on the thread count (reduction order),
@@ -136,22 +137,6 @@ def expand(design: Design, scale_name: str, *, seeds: int = 1, data: str | None 
     return out
 
 
-@contextmanager
-def _claim(path: Path, block: bool):
-    """An advisory lock on RUN.lock: held while training; released by the kernel if the holder dies."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def pack_groups(configs: list[tuple[str, RunConfig]]) -> list[list[tuple[str, RunConfig]]]:
     """The runs that can share a step (elr.train.PACK_KEYS), in design order, so that the same study packs the
     same runs every time (a resumed pack recomputes what an unbroken one did)."""
@@ -163,14 +148,6 @@ def pack_groups(configs: list[tuple[str, RunConfig]]) -> list[list[tuple[str, Ru
     return list(groups.values())
 
 
-def lock_held(path: Path) -> bool:
-    """Whether another process holds a run's lock now (a training run; the kernel drops a dead holder's)."""
-    if not path.exists():
-        return False
-    with _claim(path, False) as mine:
-        return not mine
-
-
 def auto_pack(device: str) -> int:
     """The default pack size: 1 on a CPU (packing K models into one step was slower there than K steps in
     turn: issue 8's measurements), PACK_CUDA on a GPU, where one batch-128 step leaves most of the chip idle."""
@@ -178,13 +155,14 @@ def auto_pack(device: str) -> int:
 
 
 def train_all(configs: list[tuple[str, RunConfig]], root: str | Path, *, progress: bool = False,
-              pack: int = 1) -> list[Path]:
+              pack: int = 1, lock: RunLock = RunLock()) -> list[Path]:
     """Train every run not yet ended, cooperating with other processes on the same `root`.
 
     First pass: take unclaimed runs, up to `pack` at a time among runs that can share a step (the same model,
     data, batch size and precision: elr.train.PACK_KEYS), and train each group as one pack. Second pass: wait
-    on the runs others hold, and finish any whose holder died. Raises ConfigError if a run directory holds a
-    different configuration.
+    on the runs others hold, and finish any whose holder died. `lock` is how runs are claimed (elr.runlock:
+    flock, or a lease file where the filesystem does not honour flock across nodes). Raises ConfigError if a
+    run directory holds a different configuration.
     """
     from .train import RunDirConflict, train_many
 
@@ -209,7 +187,7 @@ def train_all(configs: list[tuple[str, RunConfig]], root: str | Path, *, progres
                         break
                     if rundir.run_ended(root / name):
                         continue
-                    if held.enter_context(_claim(root / f".{name}.lock", False)) and not rundir.run_ended(root / name):
+                    if held.enter_context(lock.claim(root, name, False)) and not rundir.run_ended(root / name):
                         mine.append((name, cfg))
                 if not mine:
                     break
@@ -217,7 +195,7 @@ def train_all(configs: list[tuple[str, RunConfig]], root: str | Path, *, progres
     for name, cfg in configs:
         if rundir.run_ended(root / name):
             continue
-        with _claim(root / f".{name}.lock", True) as mine:
+        with lock.claim(root, name, True) as mine:
             if mine and not rundir.run_ended(root / name):
                 run([(name, cfg)])
     return [root / name for name, _ in configs]
@@ -289,7 +267,7 @@ def fresh(root: str | Path) -> None:
     """Start a study over: remove its runs directory (only a directory that holds run directories)."""
     root = Path(root)
     if root.is_dir():
-        if any(p.is_file() and p.suffix != ".lock" for p in root.iterdir()):
+        if any(p.is_file() and p not in lock_files(root) for p in root.iterdir()):
             raise ConfigError(f"--fresh refuses to delete {root}: it holds files that are not runs")
         shutil.rmtree(root)
 

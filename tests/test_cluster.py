@@ -52,10 +52,11 @@ def test_slurm_times_extras_and_refusals(monkeypatch):
         ClusterOptions(executor="submitit-local").check()
 
 
-def test_jobs_train_what_the_local_study_trains(tmp_path, capsys):
+@pytest.mark.parametrize("run_lock", ["flock", "lease"])
+def test_jobs_train_what_the_local_study_trains(tmp_path, capsys, run_lock):
     cfgs = configs()
     train_all(cfgs, tmp_path / "local")
-    paths = train_on_executor(cfgs, tmp_path / "jobs", opts())
+    paths = train_on_executor(cfgs, tmp_path / "jobs", opts(run_lock=run_lock, lease_seconds=5))
     assert paths == [tmp_path / "jobs" / n for n, _ in cfgs]
     names = [n for n, _ in cfgs]
     assert metrics(tmp_path / "jobs", names) == metrics(tmp_path / "local", names)   # value for value
@@ -67,6 +68,9 @@ def test_jobs_train_what_the_local_study_trains(tmp_path, capsys):
     # nothing left to do: the same call returns at once, submitting nothing
     assert train_on_executor(cfgs, tmp_path / "jobs", opts()) == paths
     assert load_state(tmp_path / "jobs")["tasks"] == tasks
+    # the tasks claimed their runs with the study's lock kind (a flock file, or a lease, released)
+    assert any(p.suffix == ".lock" for p in (tmp_path / "jobs").iterdir()) == (run_lock == "flock")
+    assert not list((tmp_path / "jobs").glob(".*.lease"))
 
 
 def _task_pid(controller_pid: int) -> int | None:
