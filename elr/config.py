@@ -85,6 +85,19 @@ class RunConfig:
             d.pop(k)
         return d
 
+    def check_types(self) -> "RunConfig":
+        """Every field's type, before any value is used: a TOML `nesterov = "false"` is a non-empty string,
+        which Python takes as true, and a `seed = true` an integer 1."""
+        for name, kind in FIELD_TYPES.items():
+            value = getattr(self, name)
+            if not _is(value, kind):
+                raise ConfigError(f"{name} must be {TYPE_NAMES[kind]}, got {value!r} ({type(value).__name__})")
+        for name in ("seed", "data_seed"):
+            if not 0 <= getattr(self, name) < 2**32:
+                raise ConfigError(f"{name} must be an integer in 0..2**32-1 (numpy's seed range), "
+                                  f"got {getattr(self, name)!r}")
+        return self
+
     def validate(self) -> "RunConfig":
         from .models import MODELS  # lazy: the registries import torch and torchvision
         from .optim import OPTIMIZERS, SCHEDULES
@@ -103,6 +116,7 @@ class RunConfig:
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
 
+        self.check_types()
         one_of("model", self.model, sorted(MODELS))
         one_of("optimizer", self.optimizer, sorted(OPTIMIZERS))
         one_of("schedule", self.schedule, list(SCHEDULES))
@@ -142,6 +156,28 @@ class RunConfig:
             raise ConfigError(f"labels must be a mapping, got {self.labels!r}")
         check_device(self.device)
         return self
+
+
+FIELD_TYPES = {
+    **dict.fromkeys(("model", "data", "optimizer", "schedule", "elr_norm", "elr_every", "device", "compile",
+                     "precision"), "str"),
+    **dict.fromkeys(("data_seed", "epochs", "batch_size", "step_size", "warmup_epochs", "plateau_patience",
+                     "elr_power", "seed", "checkpoint_every"), "int"),
+    **dict.fromkeys(("width", "subset", "test_subset", "threads"), "int?"),
+    **dict.fromkeys(("lr", "momentum", "weight_decay", "gamma"), "float"),
+    **dict.fromkeys(("nesterov", "elr_per_layer", "channels_last"), "bool"),
+    "milestones": "ints", "labels": "dict",
+}
+TYPE_NAMES = {"str": "a string", "int": "an integer", "int?": "an integer or absent", "float": "a number",
+              "bool": "true or false", "ints": "a list of integers", "dict": "a mapping"}
+
+
+def _is(value, kind: str) -> bool:
+    integer = isinstance(value, int) and not isinstance(value, bool)   # bool is an int subclass: true is not 1 here
+    return {"str": isinstance(value, str), "int": integer, "int?": value is None or integer,
+            "float": integer or isinstance(value, float), "bool": isinstance(value, bool),
+            "ints": isinstance(value, list) and all(_is(v, "int") for v in value),
+            "dict": isinstance(value, dict)}[kind]
 
 
 def check_device(device: str) -> None:

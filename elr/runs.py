@@ -11,10 +11,12 @@ report can be rebuilt from runs made elsewhere. Non-finite floats are stored as 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +27,35 @@ CONFIG, METRICS, CHECKPOINT, SUMMARY = "config.json", "metrics.jsonl", "checkpoi
 # a packed run keeps its previous checkpoint too: a pack killed between its runs' checkpoint writes resumes
 # every run from the same epoch (elr.train.train_many), so a resumed pack computes what an unbroken one did
 CHECKPOINT_PREV = "checkpoint.prev.pt"
+# the trainer's flock, held for the whole session: two trainers on one directory would write every epoch twice
+LOCK = ".lock"
 
 
 class RunDirError(ConfigError):
     """A run directory whose files cannot be used as they are; the message is one line naming the file and
     what to do."""
+
+
+class RunDirBusy(RunDirError):
+    """Another process holds the run directory's lock: it is training there now."""
+
+
+@contextmanager
+def locked(run_dir: str | os.PathLike):
+    """Hold RUN/.lock (an exclusive flock, released by the kernel if the process dies) or raise RunDirBusy
+    at once. The directory must exist; one that cannot be written raises RunDirError."""
+    path = Path(run_dir) / LOCK
+    try:
+        f = open(path, "ab")
+    except OSError as e:
+        raise RunDirError(f"cannot write the run directory {run_dir}: {e.strerror or e}") from None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunDirBusy(f"{run_dir} is being trained by another process now (it holds {path}); wait for "
+                             "it to end or stop it, then rerun") from None
+        yield
 
 
 def _fsync_dir(path: Path) -> None:
@@ -181,13 +207,30 @@ def truncate_metrics(run_dir: str | os.PathLike, last_epoch: int) -> list[dict]:
     return kept
 
 
+def _read_mapping(path: Path, advice: str) -> dict:
+    try:
+        obj = read_json(path)
+    except OSError as e:
+        raise RunDirError(f"cannot read {path}: {e.strerror or e}; {advice}") from None
+    except ValueError as e:    # not JSON, not UTF-8
+        raise RunDirError(f"{path} is damaged (not valid JSON: {' '.join(str(e).split())}); {advice}") from None
+    if not isinstance(obj, dict):
+        raise RunDirError(f"{path} is damaged (a JSON {type(obj).__name__}, not an object); {advice}")
+    return obj
+
+
 def read_config(run_dir: str | os.PathLike) -> dict:
-    return read_json(Path(run_dir) / CONFIG)
+    """The run's config.json; RunDirError (one line) where it cannot be read or is not a JSON object."""
+    return _read_mapping(Path(run_dir) / CONFIG, "repair it, or move the run directory aside")
 
 
 def read_summary(run_dir: str | os.PathLike) -> dict | None:
+    """The run's summary.json, None before the run ended; RunDirError where it is damaged (it is derived from
+    the checkpoint and the metrics, so deleting it and rerunning the training command rebuilds it)."""
     path = Path(run_dir) / SUMMARY
-    return read_json(path) if path.exists() else None
+    if not path.exists():
+        return None
+    return _read_mapping(path, "delete it and rerun the training command to rebuild it from the checkpoint")
 
 
 def run_ended(run_dir: str | os.PathLike) -> bool:

@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -210,8 +210,9 @@ class RunDirConflict(ConfigError):
 def check_run_dir(cfg: RunConfig, out: Path) -> None:
     """Refuse a directory that holds another configuration or cannot be written; touch nothing."""
     if runs.is_run_dir(out):
+        saved = runs.read_config(out)
         try:
-            old = RunConfig.from_dict({k: v for k, v in runs.read_config(out).items() if k != "env"})
+            old = RunConfig.from_dict({k: v for k, v in saved.items() if k != "env"})
         except (ValueError, TypeError) as e:
             raise ConfigError(f"{out} holds an unreadable config.json ({e}); use another --out") from None
         old_id, new_id = old.identity(), cfg.identity()
@@ -450,16 +451,27 @@ def train_many(items: list[tuple[RunConfig, str | os.PathLike]], *, progress: bo
         cfg.validate()
         check_run_dir(cfg, out)
     check_packable([cfg for cfg, _ in items])
-    done = {out: runs.read_summary(out) for _, out in items if runs.run_ended(out)}
-    todo = [(cfg, out) for cfg, out in items if out not in done]
-    if todo:
-        show = sys.stderr.isatty() if progress is None else progress
-        live = Progress(todo[0][0], sys.stderr, pack=len(todo)) if show else None
-        try:
-            done.update(_train_pack(todo, live, batched))
-        finally:
-            if live:
-                live.close()
+    with ExitStack() as held:
+        locked: set[Path] = set()
+
+        def lock(out: Path) -> None:
+            if out not in locked:
+                held.enter_context(runs.locked(out))
+                locked.add(out)
+
+        for _, out in items:    # an existing directory at once: a second trainer is refused before loading data
+            if out.is_dir() and not runs.run_ended(out):
+                lock(out)
+        done = {out: runs.read_summary(out) for _, out in items if runs.run_ended(out)}
+        todo = [(cfg, out) for cfg, out in items if out not in done]
+        if todo:
+            show = sys.stderr.isatty() if progress is None else progress
+            live = Progress(todo[0][0], sys.stderr, pack=len(todo)) if show else None
+            try:
+                done.update(_train_pack(todo, live, batched, lock))
+            finally:
+                if live:
+                    live.close()
     return [done[out] for _, out in items]
 
 
@@ -502,10 +514,6 @@ def _open_run(cfg: RunConfig, out: Path, data: Data, device: torch.device, say, 
     steps = cfg.epochs * n_batches(len(data.y_train), cfg.batch_size)
     # a pack's steps go through one vmapped forward for all its runs (not compiled): compile only a run alone
     compiled = pack == 1 and setup_compile(state, cfg, steps, device, say)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:  # e.g. a pseudo file system that refuses directories even to root: nothing written yet
-        raise ConfigError(f"cannot create the run directory {out}: {e.strerror}; choose a writable --out") from None
     if not runs.is_run_dir(out):
         runs.write_json(out / runs.CONFIG, {**cfg.to_dict(), "env": {**environment(device), "compiled": compiled,
                                                                       "pack": pack}})
@@ -535,7 +543,14 @@ def _align(members: list[_Member], device: torch.device) -> None:
                 m.saved_epoch = low
 
 
-def _train_pack(todo: list[tuple[RunConfig, Path]], live: Progress | None, batched: bool | None) -> dict:
+def _make_dir(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # e.g. a pseudo file system that refuses directories even to root: nothing written yet
+        raise ConfigError(f"cannot create the run directory {out}: {e.strerror}; choose a writable --out") from None
+
+
+def _train_pack(todo: list[tuple[RunConfig, Path]], live: Progress | None, batched: bool | None, lock) -> dict:
     cfg0 = todo[0][0]
     if live:
         live.note("loading data and building the model" + (f"s ({len(todo)} runs packed)" if len(todo) > 1 else ""))
@@ -550,6 +565,10 @@ def _train_pack(todo: list[tuple[RunConfig, Path]], live: Progress | None, batch
         data.x_train = data.x_train.contiguous(memory_format=torch.channels_last)
         data.x_test = data.x_test.contiguous(memory_format=torch.channels_last)
     say = live.notice if live else (lambda text: print(f"elr: {text}", file=sys.stderr))
+    for cfg, out in todo:   # only now, the data being usable, does a new run directory appear
+        _make_dir(out)
+        lock(out)
+        check_run_dir(cfg, out)     # another trainer may have made it between the first check and the lock
     members = [_open_run(cfg, out, data, device, say, len(todo)) for cfg, out in todo]
     _align(members, device)
 

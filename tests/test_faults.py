@@ -95,3 +95,87 @@ def test_unterminated_last_line_counts_as_torn_even_if_it_parses(tmp_path):
     (d / runs.METRICS).write_bytes(b'{"epoch": 0}\n{"epoch": 1}\n{"epoch": 2}')
     records, damaged, torn = runs.scan_metrics(d)
     assert [r["epoch"] for r in records] == [0, 1] and damaged == [] and torn
+
+
+# ---------------------------------------------------------------------------------- one trainer per directory
+def test_second_trainer_on_a_held_directory_is_refused(finished, tmp_path, capsys):
+    run = copy_run(finished, tmp_path / "run")
+    (run / runs.SUMMARY).unlink()
+    before = snapshot(run)
+    with runs.locked(run):                         # another trainer's flock (flock is per open file, even here)
+        run_bad(capsys, train_cli(run, 8), "being trained by another process")
+        assert snapshot(run) == before
+    assert main(train_cli(run, 8)) == 0            # released: it resumes
+
+
+def test_packed_runs_hold_every_directory(tmp_path):
+    from elr.config import RunConfig
+    from elr.train import train_many
+
+    cfg = RunConfig(model="convnet_si", width=4, subset=100, batch_size=50, epochs=1)
+    a, b = tmp_path / "a", tmp_path / "b"
+    b.mkdir()
+    with runs.locked(b):
+        with pytest.raises(runs.RunDirBusy, match="being trained"):
+            train_many([(cfg, a), (RunConfig(**{**cfg.to_dict(), "seed": 1}), b)], progress=False)
+    assert not (a / runs.CONFIG).exists() and not (b / runs.CONFIG).exists()
+
+
+def test_two_processes_on_one_out_train_each_epoch_once(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "elr", "train", "--model", "convnet_si", "--width", "8", "--data", "synthetic",
+            "--subset", "600", "--batch-size", "32", "--epochs", "500", "--compile", "off", "--out", str(out)]
+    first = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not runs.read_initial(out) and first.poll() is None and time.time() < deadline:
+            time.sleep(0.05)                       # the first holds the lock once it logged epoch 0
+        second = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+        assert second.returncode == 2 and "being trained by another process" in second.stderr, second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1
+        first.send_signal(signal.SIGTERM)          # stops at the end of its epoch
+        assert first.wait(timeout=300) == 130, first.stderr.read()
+    finally:
+        if first.poll() is None:
+            first.kill()
+    done = epochs_of(out)
+    assert done == list(range(1, len(done) + 1)) and done
+
+
+# ---------------------------------------------------------------------------------- settings of the wrong type
+@pytest.mark.parametrize("toml,needle", [
+    ('nesterov = "false"\nmomentum = 0.9', "nesterov must be true or false, got 'false' (str)"),
+    ('elr_per_layer = "false"\nschedule = "elr"', "elr_per_layer must be true or false, got 'false' (str)"),
+    ("seed = true", "seed must be an integer, got True (bool)"),
+    ("milestones = 5", "milestones must be a list of integers, got 5 (int)"),
+    ('data_seed = "a"', "data_seed must be an integer, got 'a' (str)"),
+    ('lr = "0.1"', "lr must be a number, got '0.1' (str)"),
+    ("threads = 1.0", "threads must be an integer or absent, got 1.0 (float)"),
+])
+def test_config_file_values_of_the_wrong_type(toml, needle, tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(toml + "\n")
+    run_bad(capsys, train_cli(tmp_path / "run", 1, "--config", str(cfg)), needle)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**32)])
+def test_seed_out_of_numpys_range(seed, tmp_path, capsys):
+    run_bad(capsys, train_cli(tmp_path / "run", 1, "--seed", seed), "seed must be an integer in 0..2**32-1")
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_json_holding_a_list(tmp_path, capsys, finished):
+    cfg = tmp_path / "c.json"
+    cfg.write_text("[1, 2]")
+    run_bad(capsys, train_cli(tmp_path / "new", 1, "--config", str(cfg)), "must hold a mapping")
+    run = copy_run(finished, tmp_path / "run")
+    (run / runs.CONFIG).write_text("[1, 2]")       # the run directory's own
+    before = snapshot(run)
+    run_bad(capsys, train_cli(run, 8), f"{run / runs.CONFIG} is damaged (a JSON list, not an object)")
+    assert snapshot(run) == before
