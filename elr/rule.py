@@ -21,9 +21,21 @@ def global_norm(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)))
 
 
-def effective_lr(lr: float, si_norm: float) -> float | None:
+def effective_lr(lr, si_norm):
+    """The one home of the ELR formula, for the log and the trainer's per-step sums alike. Floats: None where
+    the norm is not positive. Device tensors: no guard (comparing would sync with the host every step)."""
+    if not isinstance(si_norm, torch.Tensor) and not si_norm > 0:
+        return None
     # van Laarhoven 2017 (arXiv 1706.05350) / Lobacheva et al. 2021: ELR = lr / sum_i ||w_i||^2 for SI weights
-    return lr / si_norm**2 if si_norm > 0 else None
+    return lr / si_norm**2
+
+
+def si_rate(rates, layer_sq):
+    """The one rate of the SI weights when each SI layer l has its own rate lr_l (numpy arrays or tensors,
+    one entry per layer; layer_sq = ||w_l||^2): their ||w_l||^2-weighted mean."""
+    # derived: the weight-decay term of the norm balance (docs/science.md), sum_l lr_l lam ||w_l||^2 =
+    # lr lam sum_l ||w_l||^2, fixes the one rate lr that shrinks the total SI norm as the layers' rates do
+    return (rates * layer_sq).sum() / layer_sq.sum()
 
 
 def rule_lr(lr0: float, norm: float, power: int) -> float:

@@ -11,7 +11,7 @@ from torch import nn
 from elr.config import RunConfig
 from elr.models import build_model, scale_invariant_params
 from elr.optim import build_optimizer, build_schedule, param_groups
-from elr.rule import angle_between, effective_lr, global_norm
+from elr.rule import angle_between, effective_lr, global_norm, si_rate
 
 
 def tiny_si_net(seed=0):
@@ -139,3 +139,32 @@ def test_global_norm_and_effective_lr():
     assert float(global_norm(ts)) == pytest.approx(13.0)
     assert effective_lr(0.1, 2.0) == pytest.approx(0.025)  # lr / ||w||^2, the one formula the trainer logs
     assert effective_lr(0.1, 0.0) is None
+
+
+def test_effective_lr_is_lr_over_the_squared_si_norm_for_floats_and_device_tensors():
+    """Against lr / sum of the squared entries, in float64 by numpy; the trainer's per-step sums pass 0-d
+    tensors, its log floats: both must give the one formula."""
+    g = torch.Generator().manual_seed(3)
+    for lr in (0.3, 2e-4):
+        ts = [torch.randn(5, 3, generator=g, dtype=torch.float64) * 4, torch.randn(7, generator=g, dtype=torch.float64)]
+        expected = lr / sum(float(np.sum(t.numpy() ** 2)) for t in ts)
+        assert effective_lr(lr, float(global_norm(ts))) == pytest.approx(expected, rel=1e-12)
+        assert float(effective_lr(torch.tensor(lr, dtype=torch.float64), global_norm(ts))) == pytest.approx(expected, rel=1e-12)
+    assert effective_lr(0.1, 0.0) is None and effective_lr(0.1, math.nan) is None
+
+
+def test_si_rate_is_the_rate_that_shrinks_the_total_norm_as_the_layers_rates_do():
+    """Independent definition: one weight-decay step w_l <- (1 - lr_l lam) w_l per layer changes ||w||^2 by
+    -2 lam sum_l lr_l ||w_l||^2 + O(lam^2) (docs/science.md, the norm recursion); the one rate giving the same
+    change is si_rate. Measured in float64 at lam = 1e-7, and unlike the plain mean of the rates."""
+    rng = np.random.default_rng(0)
+    layers = [rng.standard_normal(n) * s for n, s in ((40, 0.3), (9, 2.0), (25, 1.0))]
+    rates = np.array([0.5, 0.02, 0.1])
+    lam = 1e-7
+    before = sum(float(w @ w) for w in layers)
+    after = sum(float(((1 - r * lam) * w) @ ((1 - r * lam) * w)) for r, w in zip(rates, layers))
+    one_rate = (before - after) / (2 * lam * before)
+    sq = np.array([float(w @ w) for w in layers])
+    assert float(si_rate(rates, sq)) == pytest.approx(one_rate, rel=1e-6)
+    assert float(si_rate(torch.tensor(rates), torch.tensor(sq))) == pytest.approx(one_rate, rel=1e-6)
+    assert abs(rates.mean() - one_rate) > 0.1 * one_rate        # the layers' norms differ enough to tell
