@@ -32,7 +32,7 @@ ALPHA = 0.05            # significance level of every test here
 MULTIPLICITY = ("Holm across the claims decided by a hypothesis test (H2, H3, H6) at α = 0.05, and within H2 "
                 "Holm across the ELR runs' surrogate tests; decisions by an interval (H1, H5, the 'refuted' "
                 "branches of H3 and H6) use 95% intervals per claim, not adjusted; H4 counts events.")
-N_CLASSES = 10          # CIFAR-10; a diverged run scores chance, 1 / N_CLASSES, unless config says otherwise
+N_CLASSES = 10          # CIFAR-10's: the class count of a run whose data can no longer say (num_classes below)
 MIN_SENSITIVITY = 0.8   # a detector that found nothing says "absent" only where it finds >= 80% of injected effects
 
 # H1 (the seed's hypothesis): "one ELR whatever lr0 and λ" = the slopes of log final ELR on log lr0 and on
@@ -115,8 +115,31 @@ def diverged(run: Run) -> bool:
     return bool((run.summary or {}).get("diverged", False))
 
 
+def num_classes(run: Run) -> int:
+    """The number of classes of the run's data: `num_classes` where config.json records it (top level or in
+    `env`), else counted as the loader counts it (elr.data: the largest training label + 1) from the data the
+    config names: cifar10 has 10, synthetic elr.data.SYNTHETIC_CLASSES, npz:PATH its y_train. An npz no longer
+    at PATH (a relative PATH is read from the current directory) leaves N_CLASSES."""
+    recorded = run.setting("num_classes") or (run.setting("env") or {}).get("num_classes")
+    if recorded:
+        return int(recorded)
+    spec = str(run.setting("data") or "")
+    if spec == "synthetic":
+        from elr.data import SYNTHETIC_CLASSES  # here: elr.data imports torch, which the claims need nowhere else
+
+        return SYNTHETIC_CLASSES
+    if spec.startswith("npz:"):
+        try:
+            with np.load(spec[len("npz:"):], allow_pickle=False) as archive:   # reads y_train alone, not the images
+                return int(np.max(archive["y_train"])) + 1
+        except Exception:   # gone, or unreadable in any of numpy's ways (zip, pickle, a lone .npy): unknown
+            pass
+    return N_CLASSES
+
+
 def chance(run: Run) -> float:
-    return 1.0 / float(run.setting("num_classes", N_CLASSES))
+    """The accuracy a diverged run scores: 1 / the number of classes of its data."""
+    return 1.0 / num_classes(run)
 
 
 def final_accuracy(run: Run) -> float:
