@@ -55,6 +55,17 @@ def test_planted_dip_found(dip, depth, recover):
     assert ev[0].recovered == dip + np.flatnonzero(acc[dip:] >= 0.8 - D.TOLERANCE)[0]   # back within 1 point
 
 
+@pytest.mark.parametrize("recover_within", [5, D.RECOVER_WITHIN])
+def test_recovery_counts_up_to_the_last_epoch_of_its_window(recover_within):
+    """A one-epoch fall to a floor held until the regain: regained exactly recover_within epochs after the
+    bottom is an event (the window is (b, b + recover_within], docstring), one epoch later is not."""
+    for late, found in ((0, True), (1, False)):
+        acc = np.full(recover_within + 40, 0.8)
+        acc[20:20 + recover_within + late] = 0.6                # bottom at 20, back at 20 + recover_within + late
+        ev = D.drop_events(acc, within=1, recover_within=recover_within)   # level = the epoch before: no slide
+        assert [(e.bottom, e.recovered) for e in ev] == ([(20, 20 + recover_within)] if found else []), late
+
+
 # ---------------------------------------------------------------------------------------------- coincidence
 
 def test_coincidence_with_spikes():

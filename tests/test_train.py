@@ -73,15 +73,19 @@ def test_every_metric_recomputed_from_saved_weights(tmp_path):
     assert rec["wall_time"] > 0
 
 
-def test_per_step_theory_metrics_and_epoch_zero_replayed_in_float64(tmp_path):
+@pytest.mark.parametrize("per_layer", [False, True])
+def test_per_step_theory_metrics_and_epoch_zero_replayed_in_float64(tmp_path, per_layer):
     """Two epochs of three minibatches under the seed's rule recomputed after every step (so the rate changes
     within an epoch), replayed step by step in float64 from the same initial weights and batch order: the
     epoch-0 record, and each epoch's RMS angle, RMS effective gradient norm (gradient and norm at the same
     step), step-averaged ELR and mean gradient norm. Several steps per epoch: a sum not divided by the step
-    count, a mean where an RMS is due, or an end-of-epoch norm where the step's is due all differ."""
+    count, a mean where an RMS is due, or an end-of-epoch norm where the step's is due all differ.
+    per_layer: each SI layer at lr0 / ||w_l|| (the rest at lr0 / ||w_SI||), so the SI rate and the ELRs are the
+    ||w_l||^2-weighted mean of the layers' rates over ||w_SI||^2, which a plain mean of the rates is not."""
     lr0, wd, bs = 0.4, 5e-3, 20
     cfg = RunConfig(**{**SMALL, "subset": 60}, epochs=2, batch_size=bs, lr=lr0, weight_decay=wd, seed=5,
-                    schedule="elr", elr_power=1, elr_norm="all", elr_every="step")
+                    schedule="elr", elr_power=1, elr_norm="si" if per_layer else "all", elr_per_layer=per_layer,
+                    elr_every="step")
     train(cfg, tmp_path / "run", progress=False)
     init, recs = runs.read_initial(tmp_path / "run"), runs.read_metrics(tmp_path / "run")
     data = load_data("synthetic", subset=60, seed=0)
@@ -95,37 +99,53 @@ def test_per_step_theory_metrics_and_epoch_zero_replayed_in_float64(tmp_path):
     with torch.no_grad():
         out0 = model.eval()(data.x_test.double())
     rho0 = norm(si)
+
+    def rates():
+        """Each parameter's rate from the current weights, and the SI weights' one rate (the ||w_l||^2-weighted
+        mean of the layers' rates: the rate whose weight decay shrinks ||w_SI||^2 as the layers' rates do)."""
+        if not per_layer:
+            lr = lr0 / norm(params)
+            return [lr] * len(params), lr
+        per = [lr0 / norm([p]) if any(p is q for q in si) else lr0 / norm(si) for p in params]
+        return per, sum(lr0 / norm([p]) * norm([p]) ** 2 for p in si) / norm(si) ** 2
+
     assert init["epoch"] == 0 and init["step"] == 0 and init["train_loss"] is None
     assert init["test_loss"] == pytest.approx(F.cross_entropy(out0, data.y_test).item(), rel=1e-4)
     assert init["si_norm"] == pytest.approx(rho0, rel=1e-6)
-    assert init["lr"] == pytest.approx(lr0 / norm(params), rel=1e-6)
-    assert init["elr"] == pytest.approx(lr0 / norm(params) / rho0**2, rel=1e-6)
+    assert init["lr_si"] == pytest.approx(rates()[1], rel=1e-6)
+    assert init["elr"] == pytest.approx(rates()[1] / rho0**2, rel=1e-6)
 
     gen = torch.Generator().manual_seed(5)
     for rec in recs:
         angles, geff, elrs, grads = [], [], [], []
         for idx in batch_indices(len(y), bs, gen, "cpu"):
-            lr = lr0 / norm(params)                       # the rule, recomputed from the current weights
+            per, lr_si = rates()                          # the rule, recomputed from the current weights
             loss = F.cross_entropy(model.train()(x[idx]), y[idx])
             gs = torch.autograd.grad(loss, params)
             g_si = math.sqrt(sum(float((g**2).sum()) for p, g in zip(params, gs) if any(p is q for q in si)))
             before = torch.cat([p.detach().ravel() for p in si]).numpy().copy()
             rho = norm(si)
             with torch.no_grad():
-                for p, g in zip(params, gs):
+                for p, g, lr in zip(params, gs, per):
                     p -= lr * (g + wd * p)
             after = torch.cat([p.detach().ravel() for p in si]).numpy()
             cos = float(before @ after) / (np.linalg.norm(before) * np.linalg.norm(after))
             angles.append(math.acos(min(1.0, cos)))
             geff.append(g_si * rho)
-            elrs.append(lr / rho**2)
+            elrs.append(lr_si / rho**2)                   # Lobacheva et al. 2021: ELR = lr / ||w_SI||^2
             grads.append(g_si)
         assert rec["angular_update_rms"] == pytest.approx(math.sqrt(np.mean(np.square(angles))), rel=2e-3)
         assert rec["angular_update_per_step"] == pytest.approx(np.mean(angles), rel=2e-3)
         assert rec["effective_grad_norm_rms"] == pytest.approx(math.sqrt(np.mean(np.square(geff))), rel=1e-3)
         assert rec["elr_mean"] == pytest.approx(np.mean(elrs), rel=1e-4)
         assert rec["grad_norm"] == pytest.approx(np.mean(grads), rel=1e-3)
-        assert rec["lr_si"] == rec["lr"]                  # one global rate: the SI rate is that rate
+        end_lr_si = rates()[1]                            # the rates in force after the epoch's last step
+        assert rec["lr_si"] == pytest.approx(end_lr_si, rel=1e-4)
+        assert rec["elr"] == pytest.approx(end_lr_si / norm(si) ** 2, rel=1e-4)
+        if per_layer:                                     # the weighting matters: a plain mean is 50x the tolerance off
+            assert abs(np.mean([rec["lr"][n] for n in rec["si_norm_by_layer"]]) - end_lr_si) > 5e-3 * end_lr_si
+        else:
+            assert rec["lr_si"] == rec["lr"]              # one global rate: the SI rate is that rate
     assert len({round(e, 12) for e in elrs}) == len(elrs) > 1  # the rate did change within the epoch
 
 
@@ -337,3 +357,114 @@ def test_bf16_autocast_tracks_fp32_and_keeps_fp32_state(tmp_path):
     assert all(t.dtype == torch.float32 for t in ck["model"].values() if t.is_floating_point())
     with pytest.raises(ConfigError, match="different run .*precision"):     # part of the run's identity
         train(RunConfig(**base), tmp_path / "bf16", progress=False)
+
+
+# ---------------------------------------------------------------------------------------------- resume with state
+def _stop_after(monkeypatch, k):
+    """Make the next train() stop after epoch k as a SIGTERM does (checkpoint at the epoch end, summary
+    "interrupted"): the signal is sent to this process once epoch k's record exists."""
+    import elr.train as trainer
+
+    real = trainer.run_epoch
+
+    def run_epoch(state, data, cfg, on_step=None):
+        record = real(state, data, cfg, on_step=on_step)
+        if state.epoch == k:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return record
+
+    monkeypatch.setattr(trainer, "run_epoch", run_epoch)
+
+
+def assert_resume_equals_uninterrupted(cfg, tmp_path, monkeypatch, k, data=None):
+    """Train cfg straight through, and again interrupted after epoch k then resumed in a fresh train() call:
+    every logged metric (epoch 0 included) and the final weights and optimizer state equal value for value."""
+    full, broken = tmp_path / "full", tmp_path / "broken"
+    train(cfg, full, progress=False)
+    with monkeypatch.context() as m:
+        _stop_after(m, k)
+        first = train(cfg, broken, progress=False)
+    assert first == {"interrupted": True, "epochs_done": k, "epochs": cfg.epochs}
+    assert train(cfg, broken, progress=False)["finished"]
+    assert_same_metrics(runs.read_metrics(full), runs.read_metrics(broken))
+    assert_same_metrics([runs.read_initial(full)], [runs.read_initial(broken)])
+    a, b = (torch.load(d / runs.CHECKPOINT, weights_only=False) for d in (full, broken))
+    assert a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][n], b["model"][n]) for n in a["model"])
+    flat = lambda ck: [(i, k_, v) for i, s in ck["optimizer"]["state"].items() for k_, v in s.items()]  # noqa: E731
+    assert len(flat(a)) == len(flat(b))
+    assert all(ia == ib and ka == kb and torch.equal(torch.as_tensor(va), torch.as_tensor(vb))
+               for (ia, ka, va), (ib, kb, vb) in zip(flat(a), flat(b)))
+    assert a["schedule"] == b["schedule"]
+    return runs.read_metrics(full)
+
+
+def test_resume_restores_momentum_and_the_cosine_schedule(tmp_path, monkeypatch):
+    """Heavy-ball momentum buffers and the cosine schedule's position are state beyond the weights: a resume
+    that rebuilt either from scratch would step differently from epoch k + 1 on."""
+    cfg = RunConfig(**SMALL, epochs=4, batch_size=50, lr=0.1, momentum=0.9, weight_decay=5e-3, schedule="cosine",
+                    seed=1)
+    recs = assert_resume_equals_uninterrupted(cfg, tmp_path, monkeypatch, k=2)
+    # the schedule is not constant over the resumed epochs (else a reset schedule could go unseen):
+    # CosineAnnealingLR, lr_e = lr0 (1 + cos(pi (e - 1) / T)) / 2 (Loshchilov & Hutter 2017)
+    assert runs.series(recs, "lr") == pytest.approx([0.1 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)],
+                                                    rel=1e-12)
+
+
+def test_resume_restores_adam_moments(tmp_path, monkeypatch):
+    cfg = RunConfig(**SMALL, epochs=4, batch_size=50, optimizer="adam", lr=3e-3, weight_decay=1e-4, seed=2)
+    assert_resume_equals_uninterrupted(cfg, tmp_path, monkeypatch, k=2)
+
+
+def _wrong_label_data(path, n=200):
+    """An .npz whose test split is the training images with every label shifted by one class: as the model
+    learns the training labels, the train loss falls and the test loss rises."""
+    from elr.data import synthetic_arrays
+
+    x, y = (a[:n].copy() for a in synthetic_arrays()[:2])
+    np.savez(path, x_train=x, y_train=y, x_test=x, y_test=(y + 1) % 10)
+    return f"npz:{path}"
+
+
+def plateau_lrs(losses, lr0, factor, patience, threshold=1e-4):
+    """The rate in force at each epoch under reduce-on-plateau fed `losses` (one per epoch, after it), in
+    float64 by hand: mode min, relative threshold, no cooldown (PyTorch's ReduceLROnPlateau defaults)."""
+    lr, best, bad, out = lr0, math.inf, 0, []
+    for loss in losses:
+        out.append(lr)
+        if loss < best * (1 - threshold):
+            best, bad = loss, 0
+        else:
+            bad += 1
+        if bad > patience:
+            lr, bad = lr * factor, 0
+    return out
+
+
+def test_plateau_schedule_follows_the_test_loss_not_the_train_loss(tmp_path):
+    """Train loss falling, test loss rising: the rate drops exactly where a by-hand plateau rule fed the
+    logged test losses drops it, which is not where the train losses would."""
+    cfg = RunConfig(**{**SMALL, "data": _wrong_label_data(tmp_path / "d.npz"), "subset": None}, epochs=6,
+                    batch_size=50, lr=0.05, momentum=0.9, weight_decay=5e-3, schedule="plateau",
+                    plateau_patience=1, gamma=0.5, seed=1)
+    train(cfg, tmp_path / "p", progress=False)
+    recs = runs.read_metrics(tmp_path / "p")
+    by_test = plateau_lrs(runs.series(recs, "test_loss"), 0.05, 0.5, 1)
+    by_train = plateau_lrs(runs.series(recs, "train_loss"), 0.05, 0.5, 1)
+    assert by_test != by_train, "train and test loss do not disagree here: the test cannot tell them apart"
+    assert runs.series(recs, "lr") == pytest.approx(by_test, rel=1e-12)
+
+
+@pytest.mark.slow
+def test_resume_restores_the_plateau_schedules_count_of_bad_epochs(tmp_path, monkeypatch):
+    """Interrupted after an epoch that did not improve the test loss: the resumed run must still count it, so
+    that the next bad epoch drops the rate as in the uninterrupted run (a fresh scheduler would not)."""
+    cfg = RunConfig(**{**SMALL, "data": _wrong_label_data(tmp_path / "d.npz"), "subset": None}, epochs=5,
+                    batch_size=50, lr=0.05, momentum=0.9, weight_decay=5e-3, schedule="plateau",
+                    plateau_patience=1, gamma=0.5, seed=1)
+    recs = assert_resume_equals_uninterrupted(cfg, tmp_path, monkeypatch, k=2)
+    test_loss = runs.series(recs, "test_loss")
+    # the guard: epoch 2 did not improve on epoch 1, and the rate dropped for epoch 4 (after epoch 3, bad twice)
+    assert test_loss[1] >= test_loss[0] * (1 - 1e-4)
+    assert runs.series(recs, "lr") == pytest.approx(plateau_lrs(test_loss, 0.05, 0.5, 1), rel=1e-12)
+    assert runs.series(recs, "lr")[3] < 0.05
