@@ -32,7 +32,7 @@ from .config import ConfigError, RunConfig
 from .data import Data, batch_indices, load_data, n_batches
 from .models import build_model, scale_invariant_params
 from .optim import build_optimizer, build_schedule, param_groups
-from .rule import angle_between, effective_lr, global_norm, rule_lr
+from .rule import angle_between, effective_lr, global_norm, rule_lr, si_rate
 from .theory import relaxation_steps
 
 EVAL_BATCH = 1000  # test-set forward chunk: bounds memory, not results
@@ -238,12 +238,11 @@ class _SIRates:
         self.groups, self.device, self.key, self.tensor = [groups[n] for n in state.si], device, None, None
 
     def weighted(self, layer_sq: torch.Tensor) -> torch.Tensor:
-        # Lobacheva et al. 2021: total ELR = lr / sum ||w_l||^2; derived: with per-layer rates lr is their
-        # ||w_l||^2-weighted mean, so the total equals sum_l lr_l ||w_l||^2 / (sum_l ||w_l||^2)^2
+        """The SI weights' one rate at this step (rule.si_rate: the ||w_l||^2-weighted mean)."""
         key = tuple(g["lr"] for g in self.groups)
         if key != self.key:
             self.key, self.tensor = key, torch.tensor(key, dtype=layer_sq.dtype, device=self.device)
-        return (self.tensor * layer_sq).sum() / layer_sq.sum()
+        return si_rate(self.tensor, layer_sq)
 
 
 class EpochPass:
@@ -280,7 +279,7 @@ class EpochPass:
             rho_sq = layer_sq.sum()
             self.grad_sum += g
             self.geff_sq_sum += g**2 * rho_sq        # Wan et al. 2021: G = ||g|| ||w||, squared for the RMS
-            self.elr_sum += self.si_rates.weighted(layer_sq) / rho_sq
+            self.elr_sum += effective_lr(self.si_rates.weighted(layer_sq), rho_sq.sqrt())
         state.optimizer.step()
         state.schedule.on_step_end()
         if si_params:
@@ -350,9 +349,9 @@ def _norm_record(state: RunState, cfg: RunConfig, extra: torch.Tensor) -> tuple[
     lrs = [g["lr"] for g in opt.param_groups]
     group_lr = dict(zip(names, lrs))
     si_rates = {group_lr[n] for n in by_layer}
-    # derived (as _si_rate): the ||w_l||^2-weighted mean of the SI layers' rates, the one rate the theory uses
+    # the one rate the theory uses (rule.si_rate, as the step path's); one shared rate is that rate exactly
     lr_si = (None if si_norm <= 0 else si_rates.pop() if len(si_rates) == 1 else
-             sum(group_lr[n] * w**2 for n, w in by_layer.items()) / si_norm**2)
+             float(si_rate(np.array([group_lr[n] for n in by_layer]), np.array(list(by_layer.values())) ** 2)))
     return {
         "lr": lrs[0] if len(set(lrs)) == 1 else group_lr, "lr_si": lr_si, "weight_decay": cfg.weight_decay,
         "weight_norm": weight_norm, "si_norm": si_norm, "si_norm_by_layer": by_layer,
