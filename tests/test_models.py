@@ -19,7 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from elr.models import MODELS, PreActBlockSI, build_model, scale_invariant_params
+from elr.models import (MODELS, BasicBlock, ConvNetSI, PreActBlockSI, PreActResNet18SI, ResNet18, build_model,
+                        scale_invariant_params)
 
 # c in [1e-2, 1e2], log-uniform so both decades are exercised
 SCALES = st.floats(min_value=-2.0, max_value=2.0).map(lambda e: 10.0 ** e)
@@ -33,6 +34,14 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cases():
+    # _case's cache lives for one test only: every test that reads a model builds it, so mutation testing
+    # (bench/mutation.sh) links the test to the constructors, and a worker forked after an earlier test run
+    # builds its own (possibly mutated) model instead of reusing the parent's
+    _case.cache_clear()
 
 
 def _exact_bn_float64(model: nn.Module) -> nn.Module:
@@ -151,6 +160,23 @@ def test_tv_resnet18_accepts_its_own_width():
     assert build_model("tv_resnet18", width=64).fc.out_features == 10
 
 
+def test_bad_size_messages_name_the_argument_and_the_smallest_size_is_accepted():
+    for kwargs, what in (({"width": 0}, "width"), ({"num_classes": 0}, "num_classes")):
+        with pytest.raises(ValueError) as err:
+            build_model("convnet_si", **kwargs)
+        assert str(err.value) == f"{what} must be a positive integer; got 0"
+    with torch.no_grad():  # 1 is a positive integer: width 1 and a single class are legal, if useless
+        assert build_model("convnet_si", width=1, num_classes=1)(torch.randn(2, 3, 32, 32)).shape == (2, 1)
+
+
+@pytest.mark.parametrize("cls,name", [(ConvNetSI, "convnet_si"), (ResNet18, "resnet18"),
+                                      (PreActResNet18SI, "resnet18_si")])
+def test_class_defaults_are_the_registry_defaults(cls, name):
+    # the classes are importable on their own: constructed without arguments they are the registered model
+    model = cls()
+    assert (model.linear.in_features, model.linear.out_features) == (8 * DEFAULT_WIDTH[name], 10)
+
+
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_initialization_is_determined_by_the_global_seed(name):
     width = None if name == "tv_resnet18" else 8
@@ -169,6 +195,74 @@ def test_si_models_have_a_frozen_bias_free_last_layer_at_norm_10(name):
     assert not model.linear.weight.requires_grad
     assert model.linear.weight.norm().item() == pytest.approx(10.0, rel=1e-6)
     assert not any(m.affine for m in model.modules() if isinstance(m, _BatchNorm))
+
+
+# ---------------------------------------------------------------------------------------------------
+# the architectures' shapes, stage by stage (c = 8, a 32x32 input)
+# ---------------------------------------------------------------------------------------------------
+
+def _output_shapes(model: nn.Module, names: list[str], x: torch.Tensor) -> dict[str, tuple[int, ...]]:
+    """The output shape of each named submodule on input x."""
+    shapes, modules = {}, dict(model.named_modules())
+    hooks = [modules[n].register_forward_hook(lambda m, i, o, n=n: shapes.__setitem__(n, tuple(o.shape)))
+             for n in names]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return shapes
+
+
+def test_convnet_si_layers_are_c_2c_4c_8c_pooled_to_one_pixel():
+    model = build_model("convnet_si", width=8)
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    shapes = _output_shapes(model, convs + ["features", "pool"], torch.randn(2, 3, 32, 32))
+    # no pool after the first conv, a 2x2 pool after each of the others (in the next conv's input)
+    assert [shapes[n] for n in convs] == [(2, 8, 32, 32), (2, 16, 32, 32), (2, 32, 16, 16), (2, 64, 8, 8)]
+    assert shapes["features"] == (2, 64, 4, 4) and shapes["pool"] == (2, 64, 1, 1)
+    assert all(m.kernel_size == (3, 3) and m.bias is None for m in model.modules() if isinstance(m, nn.Conv2d))
+
+
+STAGES = {"conv1": (8, 32), "layer1": (8, 32), "layer2": (16, 16), "layer3": (32, 8), "layer4": (64, 4)}
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet18_si"])
+def test_resnet_stages_halve_the_resolution_and_double_the_width(name):
+    model = build_model(name, width=8)
+    shapes = _output_shapes(model, list(STAGES), torch.randn(2, 3, 32, 32))
+    assert shapes == {n: (2, ch, px, px) for n, (ch, px) in STAGES.items()}
+    # every block, not only each stage's output: the first block of a stage strides, the second does not
+    blocks = [n for n, m in model.named_modules() if isinstance(m, (BasicBlock, PreActBlockSI))]
+    assert len(blocks) == 8
+    shapes = _output_shapes(model, blocks, torch.randn(2, 3, 32, 32))
+    for n in blocks:
+        ch, px = STAGES[n.split(".")[0]]
+        assert shapes[n] == (2, ch, px, px), n
+
+
+def test_resnet18_si_convs_are_bias_free_and_its_shortcuts_bn_then_1x1():
+    # nets/resnet_si.py: no conv has a bias (a bias written into the residual stream is not SI), and the
+    # projection shortcut is BN(affine=False) -> conv1x1
+    model = build_model("resnet18_si", width=8)
+    assert all(m.bias is None for m in model.modules() if isinstance(m, nn.Conv2d))
+    shortcuts = [m.shortcut for m in model.modules() if isinstance(m, PreActBlockSI) and m.shortcut is not None]
+    assert len(shortcuts) == 3
+    for sc in shortcuts:
+        assert [type(m) for m in sc] == [nn.BatchNorm2d, nn.Conv2d] and sc[1].kernel_size == (1, 1)
+
+
+@pytest.mark.parametrize("block", [BasicBlock, PreActBlockSI])
+def test_a_block_projects_the_shortcut_when_either_the_width_or_the_stride_changes(block):
+    x = torch.randn(2, 4, 8, 8)
+    cases = [((4, 4), (2, 4, 8, 8), False), ((4, 8, 1), (2, 8, 8, 8), True), ((4, 4, 2), (2, 4, 4, 4), True)]
+    for args, shape, projects in cases:  # (4, 4): the default stride is 1, an identity shortcut
+        b = block(*args)
+        has_projection = isinstance(b.shortcut, nn.Sequential) and len(b.shortcut) > 0
+        assert has_projection == projects, args
+        with torch.no_grad():
+            assert b(x).shape == shape, args
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -323,3 +417,34 @@ def test_untraceable_model_gives_a_clear_error():
 
     with pytest.raises(TypeError, match="Branchy.*torch.fx"):
         scale_invariant_params(Branchy())
+
+
+def test_a_conv_whose_output_is_unused_is_not_reported():
+    # "every user of its output is a BatchNorm" must not hold vacuously: a dead conv feeds no BN
+    class Dead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4)
+            self.dead = nn.Conv2d(3, 4, 3, bias=False)
+
+        def forward(self, x):
+            self.dead(x)
+            return self.bn(self.conv(x))
+
+    assert list(scale_invariant_params(Dead())) == ["conv.weight"]
+
+
+def test_a_weight_shared_with_a_module_of_another_kind_is_not_reported():
+    # the same Parameter in a bias-free conv feeding BN and in a biased conv feeding the output
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.si, self.bn = nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4)
+            self.tied, self.bn2 = nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4)
+            self.plain = nn.Conv2d(3, 4, 3, bias=True)
+            self.plain.weight = self.tied.weight
+
+        def forward(self, x):
+            return self.bn(self.si(x)) + self.bn2(self.tied(x)) + self.plain(x)
+
+    assert list(scale_invariant_params(Tied())) == ["si.weight"]
