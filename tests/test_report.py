@@ -163,6 +163,42 @@ def test_the_planted_study_decides_every_claim(study):
         {v.id: v.reason for v in study[1]}
 
 
+def table_rows(section_md, header_start):
+    """The rows of the Markdown table whose header line starts with `header_start`: run name -> cells."""
+    lines = section_md.splitlines()
+    i = next(k for k, line in enumerate(lines) if line.startswith(header_start))
+    rows = {}
+    for line in lines[i + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        rows[cells[1]] = cells
+    return rows
+
+
+def test_the_report_marks_what_the_claims_found(study, tmp_path):
+    """End to end, write_report(evaluate_all(runs)), with the expectations taken from the verdicts' decisions
+    and from the per-run analysis (inspect.analyse), never from the details' keys: a key renamed on one side
+    of claims -> report leaves the report marking nothing (or "—") where the claims found something."""
+    from elr.inspect import analyse
+
+    loaded, verdicts = study
+    md = read_md(write_report(tmp_path, verdicts, loaded, META))
+    v = by_id(verdicts)
+    h2 = table_rows(section(md, "H2"), "| id | run |")
+    assert sum(cells[-1] == "yes" for cells in h2.values()) == v["H2"].statistic == 2      # the periodic runs
+    h4 = table_rows(section(md, "H4"), "| id | run | transient ends")
+    studied = [r for r in loaded if r.group != "control"]
+    assert sum(h4[r.name][3] != "0" for r in studied) == v["H4"].statistic >= 2             # runs with a drop
+    for r in studied:
+        drops = analyse(r, sensitivity=False)["drops"]
+        cells = h4[r.name]
+        assert cells[2] == num(drops["transient_end_epoch"]), r.name
+        assert cells[3] == str(len(drops["events"])), r.name
+        assert [int(b.split(" (")[0]) for b in cells[4].split(", ")] == [e[1] for e in drops["events"]] \
+            if drops["events"] else cells[4] == "—", r.name
+
+
 # ---------------------------------------------------------------------------------------------- files
 
 def test_report_writes_every_file(built):
