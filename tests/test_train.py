@@ -455,7 +455,6 @@ def test_plateau_schedule_follows_the_test_loss_not_the_train_loss(tmp_path):
     assert runs.series(recs, "lr") == pytest.approx(by_test, rel=1e-12)
 
 
-@pytest.mark.slow
 def test_resume_restores_the_plateau_schedules_count_of_bad_epochs(tmp_path, monkeypatch):
     """Interrupted after an epoch that did not improve the test loss: the resumed run must still count it, so
     that the next bad epoch drops the rate as in the uninterrupted run (a fresh scheduler would not)."""
