@@ -27,6 +27,12 @@ def _flag(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
+def _directory(value: str) -> Path:
+    if not value.strip():   # Path("") is ".": an empty --out would write into the current directory
+        raise argparse.ArgumentTypeError("expected a directory, got an empty string")
+    return Path(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="elr", description="Effective-learning-rate study: train runs, rebuild reports.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -34,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train (or resume) one run into a run directory",
                        description="Train one run. Rerunning the same command resumes it; a finished run "
                                    "is not retrained. Flags override --config; unset flags take the defaults.")
-    t.add_argument("--out", required=True, type=Path, help="run directory (config.json, metrics.jsonl, checkpoint.pt, summary.json)")
+    t.add_argument("--out", required=True, type=_directory, help="run directory (config.json, metrics.jsonl, checkpoint.pt, summary.json)")
     t.add_argument("--config", type=Path, help="JSON or TOML file of run settings (keys = the long flag names with _)")
     g = t.add_argument_group("model and data")
     g.add_argument("--model", help="convnet_si (default) | resnet18 | resnet18_si | tv_resnet18")
@@ -91,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="rebuild a report from existing run directories, without training")
     r.add_argument("runs_dir", type=Path, help="a study's runs directory (RUNS_DIR/<scale>), or RUNS_DIR to report every "
                                                 "study under it")
-    r.add_argument("--out", type=Path, help="report directory (default reports/<scale>-<date>, with a -2, -3 ... suffix "
+    r.add_argument("--out", type=_directory, help="report directory (default reports/<scale>-<date>, with a -2, -3 ... suffix "
                                             "rather than over another study's report)")
     st = sub.add_parser("study", help="a study in flight: status of its runs and cluster tasks")
     ss = st.add_subparsers(dest="study_command", required=True, metavar="run|status")
@@ -197,9 +203,19 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .study import rebuild_report
+    from . import runs
+    from .report import problem_lines
+    from .study import find_studies, rebuild_report
 
-    for path in rebuild_report(args.runs_dir, args.out):
+    for root in find_studies(args.runs_dir):    # on the console too: the report's section is easy to miss
+        for line in problem_lines(runs.load_runs(root)):
+            print(f"elr: warning: {root}/{line}", file=sys.stderr)
+    try:
+        made = rebuild_report(args.runs_dir, args.out)
+    except OSError as e:
+        raise ConfigError(f"{e.filename or args.out}: {e.strerror or e}; the report needs readable runs and a "
+                          "writable --out directory") from None
+    for path in made:
         print(path)
     return 0
 

@@ -1271,14 +1271,34 @@ def _group(run: Run) -> str:
 def _run_rows(cat: Catalog) -> list[list[str]]:
     rows = []
     for r in cat.runs:
-        c, s = r.config, r.summary or {}
-        done = s.get("epochs_done", len(r.metrics))
-        planned = s.get("epochs", c.get("epochs"))
+        c = r.config
+        # what the analyses saw (the logged epochs), not what the summary claims; ⚠: see "Damaged or incomplete runs"
+        done = f"{len(r.metrics)}" + (f"/{c['epochs']}" if c.get("epochs") is not None else "")
         rows.append([cat.id(r.name), r.name, _group(r), c.get("optimizer", "—"), c.get("schedule", "—"),
                      _num(c.get("lr")), _num(c.get("weight_decay")), _num(c.get("momentum")), _pct(_final_acc(r)),
-                     _pct(_best_acc(r)), _diverged(r), f"{done}/{planned}" if planned is not None else str(done),
+                     _pct(_best_acc(r)), _diverged(r), done + (" ⚠" if _problems(r) else ""),
                      _num(cat.analysis(r.name).get("tau_epochs")), _num(cat.analysis(r.name).get("n_tau"))])
     return rows
+
+
+def _problems(run: Run) -> list[str]:
+    return list(getattr(run, "problems", None) or [])
+
+
+def problem_lines(runs: list[Run]) -> list[str]:
+    """One line per damaged or incomplete run: its name and what is wrong (runs.Run.problems)."""
+    return [f"{r.name}: {'; '.join(_problems(r))}" for r in runs if _problems(r)]
+
+
+def _problem_blocks(cat: Catalog) -> list:
+    lines = problem_lines(cat.runs)
+    if not lines:
+        return []
+    return [("h", 2, "Damaged or incomplete runs"),
+            ("p", f"{len(lines)} of {len(cat.runs)} runs are damaged or incomplete; the claims analysed what they "
+                  "logged (marked ⚠ in the runs table). Finish or repair them and rebuild the report."),
+            ("table", ("id", "run", "problem"), [[cat.id(r.name), r.name, "; ".join(_problems(r))]
+                                                 for r in cat.runs if _problems(r)])]
 
 
 def _meta_value(key: str, value) -> str:
@@ -1426,6 +1446,7 @@ def write_report(out_dir, verdicts: list[Verdict], runs: list[Run], meta: dict) 
     blocks += [("h", 2, "Verdicts"), ("table", VERDICT_COLUMNS, _verdict_rows(verdicts))]
     if not verdicts:
         blocks.append(("note", "No claim was evaluated."))
+    blocks += _problem_blocks(cat)
     blocks.append(("kv", "Multiplicity", claims.MULTIPLICITY))
     if cat.runs:
         blocks.append(("p", "Runs are named by short ids in figures and tables (E = ELR rule, S = plain SGD twin, "

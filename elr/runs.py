@@ -24,9 +24,11 @@ import numpy as np
 from .config import ConfigError
 
 CONFIG, METRICS, CHECKPOINT, SUMMARY = "config.json", "metrics.jsonl", "checkpoint.pt", "summary.json"
-# a packed run keeps its previous checkpoint too: a pack killed between its runs' checkpoint writes resumes
-# every run from the same epoch (elr.train.train_many), so a resumed pack computes what an unbroken one did
+# a run keeps its previous checkpoint while it trains: a pack killed between its runs' checkpoint writes resumes
+# every run from the same epoch (elr.train.train_many), so a resumed pack computes what an unbroken one did; and a
+# damaged checkpoint.pt costs the epochs since the previous one, not the run
 CHECKPOINT_PREV = "checkpoint.prev.pt"
+CHECKPOINT_DAMAGED = "checkpoint.damaged.pt"   # a checkpoint that failed to load, kept aside, never read again
 # the trainer's flock, held for the whole session: two trainers on one directory would write every epoch twice
 LOCK = ".lock"
 
@@ -258,17 +260,52 @@ def series(records: list[dict], key: str) -> np.ndarray:
     return np.array([np.nan if r.get(key) is None else float(r[key]) for r in records], dtype=np.float64)
 
 
+def _gaps(metrics: list[dict], config: dict, summary: dict | None) -> list[str]:
+    """What a run's logged epochs lack against each other, its config and its summary: an analysis of them
+    would silently see another run than the one the runs table describes."""
+    out, epochs = [], [r["epoch"] for r in metrics]
+    twice = sorted({e for e in epochs if epochs.count(e) > 1})
+    if twice:
+        out.append(f"epochs logged more than once: {_epoch_text(twice)}")
+    missing = sorted(set(range(1, max(epochs, default=0) + 1)) - set(epochs))
+    if missing:
+        out.append(f"epochs missing from {METRICS}: {_epoch_text(missing)}")
+    planned, last = config.get("epochs"), max(epochs, default=0)
+    if summary is None:
+        out.append(f"unfinished: no {SUMMARY}, {last} of {planned} epochs logged")
+    else:
+        done = summary.get("epochs_done")
+        if done != last:
+            out.append(f"{SUMMARY} says {done} epochs done, {METRICS} holds {last}")
+        elif summary.get("finished") and isinstance(planned, int) and last < planned:
+            out.append(f"{SUMMARY} says finished, but only {last} of the {planned} configured epochs were logged")
+    return out
+
+
+def _epoch_text(epochs: list[int], limit: int = 10) -> str:
+    return ", ".join(map(str, epochs[:limit])) + (f" ... ({len(epochs)} in all)" if len(epochs) > limit else "")
+
+
 class Run:
-    """One run directory, loaded: what every claim and figure reads."""
+    """One run directory, loaded: what every claim and figure reads. `problems` lists, one phrase each, what is
+    damaged or incomplete in it (empty for a whole run)."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.name = self.path.name
         self.config = read_config(self.path)
-        records = _read_records(self.path)
+        records, damaged, torn = scan_metrics(self.path)
         self.metrics = [r for r in records if r.get("epoch", 1) >= 1]
         self.initial = next((r for r in records if r.get("epoch") == 0), None)  # None: made before epoch 0 was logged
-        self.summary = read_summary(self.path)
+        self.problems = [f"{METRICS} line {n} is damaged ({why}) and skipped" for n, why in damaged]
+        if torn:
+            self.problems.append(f"{METRICS} ends in a torn line (a crash mid-write), skipped")
+        try:
+            self.summary = read_summary(self.path)
+        except RunDirError as e:
+            self.summary = None
+            self.problems.append(f"{e} (read as unfinished)")
+        self.problems += _gaps(self.metrics, self.config, self.summary)
 
     @property
     def group(self) -> str | None:

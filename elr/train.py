@@ -394,7 +394,7 @@ def evaluate(state: RunState, data: Data) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def finite(record: dict) -> bool:
-    return all(isinstance(record[k], float) and math.isfinite(record[k])
+    return all(isinstance(record.get(k), float) and math.isfinite(record[k])
                for k in ("train_loss", "weight_norm", "si_norm"))
 
 
@@ -496,7 +496,6 @@ class _Member:
     out: Path
     state: RunState
     compiled: bool
-    keep_prev: bool = False         # packed: the previous checkpoint stays beside the current one
     saved_epoch: int = -1
     diverged_epoch: int | None = None
     epoch_seconds: list = field(default_factory=list)
@@ -516,15 +515,40 @@ def _open_run(cfg: RunConfig, out: Path, data: Data, device: torch.device, say, 
     if not runs.is_run_dir(out):
         runs.write_json(out / runs.CONFIG, {**cfg.to_dict(), "env": {**environment(device), "compiled": compiled,
                                                                       "pack": pack}})
-    ckpt, prev = out / runs.CHECKPOINT, out / runs.CHECKPOINT_PREV
-    for path in (ckpt, prev):   # the previous one where a kill fell between moving it aside and the new write
-        if path.exists():
-            state.restore(torch.load(path, map_location=device, weights_only=False))
-            break
-    runs.truncate_metrics(out, state.epoch)  # lines past the checkpoint (or a torn tail) are redone
+    _restore(state, out, device, say)
+    kept = runs.truncate_metrics(out, state.epoch)  # lines past the checkpoint (or a torn tail) are redone
     if state.epoch == 0 and runs.read_initial(out) is None:
         runs.append_metrics(out, initial_record(state, data, cfg))
-    return _Member(cfg, out, state, compiled, keep_prev=pack > 1, saved_epoch=state.epoch)
+    # a run killed between its diverged epoch's checkpoint and its summary has ended there: its weights are NaN
+    last = kept[-1] if kept else {}
+    diverged = state.epoch if state.epoch > 0 and last.get("epoch") == state.epoch and not finite(last) else None
+    # every run keeps its previous checkpoint while it trains: a damaged checkpoint.pt then costs a few epochs
+    return _Member(cfg, out, state, compiled, saved_epoch=state.epoch, diverged_epoch=diverged)
+
+
+def _restore(state: RunState, out: Path, device: torch.device, say) -> None:
+    """Restore the latest intact checkpoint: checkpoint.pt, else the previous one (where a kill fell between
+    moving it aside and the new write, or checkpoint.pt is damaged: then it is kept aside as DAMAGED). A run
+    with checkpoints but none intact raises RunDirError: never a silent restart over its metrics."""
+    ckpt, prev = out / runs.CHECKPOINT, out / runs.CHECKPOINT_PREV
+    damaged = []
+    for path in (ckpt, prev):
+        if not path.exists():
+            continue
+        try:
+            state.restore(torch.load(path, map_location=device, weights_only=False))
+        except Exception as e:   # truncated, empty, garbage: torch and pickle raise many kinds
+            damaged.append((path, f"{type(e).__name__}: {' '.join(str(e).split())[:120]}".rstrip(": ")))
+            continue
+        if damaged:
+            os.replace(ckpt, out / runs.CHECKPOINT_DAMAGED)   # never moved over the good previous one by a save
+            say(f"{ckpt} is damaged ({damaged[0][1]}); resuming from {path.name} (epoch {state.epoch}); the "
+                f"damaged file is kept as {runs.CHECKPOINT_DAMAGED}")
+        return
+    if damaged:
+        raise runs.RunDirError(f"{damaged[0][0]} is damaged ({damaged[0][1]}) and no intact earlier checkpoint "
+                               f"exists, so the epochs in {runs.METRICS} cannot be resumed: move {out} aside (or "
+                               "delete it) to train this run from the start")
 
 
 def _align(members: list[_Member], device: torch.device) -> None:
@@ -539,7 +563,7 @@ def _align(members: list[_Member], device: torch.device) -> None:
             if ck["epoch"] == low:
                 m.state.restore(ck)
                 runs.truncate_metrics(m.out, low)
-                m.saved_epoch = low
+                m.saved_epoch, m.diverged_epoch = low, None   # a divergence past `low` is redone with the pack
 
 
 def _make_dir(out: Path) -> None:
@@ -606,7 +630,7 @@ def _train_pack(todo: list[tuple[RunConfig, Path]], live: Progress | None, batch
 
 def _save(m: _Member, wall_time: float) -> None:
     ckpt = m.out / runs.CHECKPOINT
-    if m.keep_prev and ckpt.exists():
+    if ckpt.exists():
         os.replace(ckpt, m.out / runs.CHECKPOINT_PREV)   # atomic: a kill here leaves the previous one to resume from
     runs.atomic_write(ckpt, lambda f: torch.save(m.state.checkpoint(wall_time), f))
     m.saved_epoch = m.state.epoch

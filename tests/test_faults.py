@@ -179,3 +179,121 @@ def test_config_json_holding_a_list(tmp_path, capsys, finished):
     before = snapshot(run)
     run_bad(capsys, train_cli(run, 8), f"{run / runs.CONFIG} is damaged (a JSON list, not an object)")
     assert snapshot(run) == before
+
+
+# ---------------------------------------------------------------------------------- a kill at the worst moment
+def without_wall_time(records):
+    return [{k: v for k, v in r.items() if k != "wall_time"} for r in records]
+
+
+def test_diverged_run_killed_before_its_summary_resumes_to_the_uninterrupted_record(tmp_path):
+    from elr.config import RunConfig
+    from elr.train import train
+
+    cfg = RunConfig(model="convnet_si", width=4, subset=200, batch_size=50, epochs=5, lr=1e38)
+    reference = train(cfg, tmp_path / "ref", progress=False)
+    assert reference["diverged"] and reference["diverged_epoch"] < 5
+    killed = tmp_path / "killed"
+    train(cfg, killed, progress=False)
+    (killed / runs.SUMMARY).unlink()               # killed after the diverged epoch's checkpoint, before the summary
+    resumed = train(cfg, killed, progress=False)
+    assert without_wall_time(runs.read_metrics(killed)) == without_wall_time(runs.read_metrics(tmp_path / "ref"))
+    same = ("diverged", "diverged_epoch", "epochs_done", "finished", "final_test_acc", "best_test_acc", "steps")
+    assert {k: resumed[k] for k in same} == {k: reference[k] for k in same}
+
+
+def _interrupted_at(tmp_path, monkeypatch, epochs=8, stop=6):
+    """A run killed while logging epoch `stop`: checkpoint.pt at stop - 1, checkpoint.prev.pt at stop - 2."""
+    from elr.config import RunConfig
+    from elr.train import train
+
+    cfg = RunConfig(model="convnet_si", width=4, subset=100, batch_size=50, epochs=epochs)
+    real = runs.append_metrics
+
+    def dies(run_dir, record):
+        if record["epoch"] == stop:
+            raise KeyboardInterrupt
+        real(run_dir, record)
+
+    with monkeypatch.context() as m:
+        m.setattr(runs, "append_metrics", dies)
+        with pytest.raises(KeyboardInterrupt):
+            train(cfg, tmp_path / "run", progress=False)
+    return cfg, tmp_path / "run"
+
+
+@pytest.mark.parametrize("damage", [b"", b"garbage", "truncated"])
+def test_damaged_checkpoint_resumes_from_the_previous_one(damage, tmp_path, monkeypatch, finished, capsys):
+    cfg, run = _interrupted_at(tmp_path, monkeypatch)
+    ck = run / runs.CHECKPOINT
+    good = ck.read_bytes()
+    ck.write_bytes(good[: len(good) // 2] if damage == "truncated" else damage)
+    assert main(train_cli(run, 8)) == 0
+    assert "resuming from checkpoint.prev.pt (epoch 4)" in capsys.readouterr().err
+    assert without_wall_time(runs.read_metrics(run)) == without_wall_time(runs.read_metrics(finished))
+    assert (run / runs.CHECKPOINT_DAMAGED).exists()
+
+
+def test_damaged_checkpoint_without_a_previous_one_is_one_line(tmp_path, monkeypatch, capsys):
+    cfg, run = _interrupted_at(tmp_path, monkeypatch)
+    (run / runs.CHECKPOINT_PREV).unlink()
+    (run / runs.CHECKPOINT).write_bytes(b"\x80\x04garbage")
+    before = snapshot(run)
+    run_bad(capsys, train_cli(run, 8), f"{run / runs.CHECKPOINT} is damaged")
+    assert snapshot(run) == before                 # no silent restart over the 5 epochs logged
+
+
+# ---------------------------------------------------------------------------------- the report on damaged runs
+def test_report_names_damaged_and_incomplete_runs(finished, tmp_path, capsys):
+    root = tmp_path / "runs"
+    copy_run(finished, root / "whole")
+    dup = copy_run(finished, root / "twice")
+    lines = (dup / runs.METRICS).read_bytes().splitlines(keepends=True)
+    (dup / runs.METRICS).write_bytes(b"".join(lines + lines[5:7]))          # epochs 5, 6 again
+    cut = copy_run(finished, root / "cut")
+    (cut / runs.METRICS).write_bytes(b"".join(lines[:2]))                    # summary still says 8/8 finished
+    bad = copy_run(finished, root / "badsummary")
+    (bad / runs.SUMMARY).write_text("{not json")
+    assert main(["report", str(root), "--out", str(tmp_path / "rep")]) == 0
+    err = capsys.readouterr().err
+    warned = [line for line in err.splitlines() if line.startswith("elr: warning:")]
+    assert len(warned) == 3 and not any("whole" in w for w in warned), err
+    assert any("twice: epochs logged more than once: 5, 6" in w for w in warned), err
+    assert any("cut: summary.json says 8 epochs done, metrics.jsonl holds 1" in w for w in warned), err
+    assert any("badsummary: " in w and "summary.json is damaged" in w for w in warned), err
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "## Damaged or incomplete runs" in md and "3 of 4 runs are damaged or incomplete" in md
+    runs_table = md[md.index("## Runs"):]
+    cut_row = next(row for row in runs_table.splitlines() if row.startswith("|") and "| cut |" in row)
+    assert "| 1/8 ⚠ |" in cut_row                  # what the claims saw, not the summary's 8/8
+
+
+def test_summary_finished_short_of_the_configured_epochs(finished, tmp_path):
+    run = copy_run(finished, tmp_path / "run")
+    lines = (run / runs.METRICS).read_bytes().splitlines(keepends=True)
+    (run / runs.METRICS).write_bytes(b"".join(lines[:4]))
+    summary = json.loads((run / runs.SUMMARY).read_text())
+    (run / runs.SUMMARY).write_text(json.dumps({**summary, "epochs_done": 3}))
+    assert runs.Run(run).problems == ["summary.json says finished, but only 3 of the 8 configured epochs were logged"]
+    assert runs.Run(finished).problems == []
+
+
+def test_report_on_an_invalid_config_json_is_one_line(finished, tmp_path, capsys):
+    root = tmp_path / "runs"
+    run = copy_run(finished, root / "a")
+    (run / runs.CONFIG).write_text('{"model": ')
+    run_bad(capsys, ["report", str(root), "--out", str(tmp_path / "rep")], f"{run / runs.CONFIG} is damaged")
+    assert not (tmp_path / "rep").exists()
+
+
+def test_report_out_at_a_file_or_an_unwritable_path(finished, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)                    # where an empty --out would write
+    root = tmp_path / "runs"
+    copy_run(finished, root / "a")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    run_bad(capsys, ["report", str(root), "--out", str(blocker)], str(blocker))
+    assert blocker.read_text() == "x"
+    run_bad(capsys, ["report", str(root), "--out", ""], "expected a directory, got an empty string")
+    if Path("/proc/self").is_dir():                # even root cannot create a directory there
+        run_bad(capsys, ["report", str(root), "--out", "/proc/elr-report"], "/proc/elr-report")
