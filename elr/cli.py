@@ -275,15 +275,23 @@ def cmd_bench(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .data import DataError
-
-    args = build_parser().parse_args(argv)
+    args = None
     try:
+        # inside the try: elr.data imports torch, seconds in which a Ctrl-C must end in one line, not a traceback
+        from .data import DataError
+
+        args = build_parser().parse_args(argv)
         return {"train": cmd_train, "inspect": cmd_inspect, "report": cmd_report, "bench": cmd_bench,
                 "study": cmd_study}[args.command](args)
-    except (ConfigError, DataError) as e:
-        print(f"elr: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
-        print("elr: interrupted; the last checkpoint stands: rerun the same command to resume", file=sys.stderr)
+        resume = "; the last checkpoint stands: rerun the same command to resume" if getattr(
+            args, "command", None) in ("train", "study") else ""
+        print(f"elr: interrupted{resume}", file=sys.stderr)
         return 130
+    except Exception as e:
+        from .data import DataError
+
+        if isinstance(e, (ConfigError, DataError)):
+            print(f"elr: error: {e}", file=sys.stderr)
+            return 2
+        raise

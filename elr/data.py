@@ -218,6 +218,9 @@ def _validate(name, x_train, y_train, x_test, y_test) -> int:
         raise DataError(f"{name}: train images are {x_train.shape[1:]} (H, W, C) but test images are "
                         f"{x_test.shape[1:]}; both splits must have the same image shape")
     num_classes = int(y_train.max()) + 1
+    if num_classes > len(y_train):   # the model's output layer has num_classes rows: 2**40 would take terabytes
+        raise DataError(f"{name}: y_train has label {num_classes - 1}, so {num_classes} classes, more than its "
+                        f"{len(y_train)} images; labels must be 0..K-1 for K classes, each with training images")
     if y_test.max() >= num_classes:
         raise DataError(f"{name}: y_test has label {int(y_test.max())} but the training labels only go "
                         f"up to {num_classes - 1}; test labels must be in 0..{num_classes - 1}")

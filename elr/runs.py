@@ -91,11 +91,28 @@ def atomic_write(path: str | os.PathLike, write) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; the final file gets the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise RunWriteError(path, e) from None
         raise
     _fsync_dir(path.parent)
+
+
+class RunWriteError(RunDirError):
+    """A write that failed (disk full, a read-only file system): the file it was writing is as it was."""
+
+    def __init__(self, path, error: OSError):
+        super().__init__(f"cannot write {path}: {error.strerror or error}; every file written before is intact: "
+                         "free space (or make it writable) and rerun the same command")
+
+
+def _write(f, data: bytes) -> None:
+    """All of `data` into the unbuffered file `f` (a raw write may take part of it)."""
+    view = memoryview(data)
+    while view:
+        view = view[f.write(view):]
 
 
 def clean_json(obj):
@@ -134,10 +151,18 @@ def append_metrics(run_dir: str | os.PathLike, record: dict) -> None:
     """Append one epoch as one line, flushed and fsynced: a crash leaves at most a torn last line,
     which `read_metrics` ignores and `truncate_metrics` removes."""
     line = (dumps(record) + "\n").encode()
-    with open(Path(run_dir) / METRICS, "ab") as f:
-        f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
+    path = Path(run_dir) / METRICS
+    with open(path, "ab", buffering=0) as f:
+        start = f.seek(0, os.SEEK_END)
+        try:
+            _write(f, line)
+            os.fsync(f.fileno())
+        except OSError as e:
+            try:    # a part-written line followed by the next append would be a damaged line mid-file
+                os.ftruncate(f.fileno(), start)
+            except OSError:
+                pass    # then it stays the torn last line, which a resume drops
+            raise RunWriteError(path, e) from None
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:

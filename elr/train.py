@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from . import __version__, runs
 from .config import ConfigError, RunConfig
-from .data import Data, batch_indices, load_data, n_batches
+from .data import Data, DataError, batch_indices, load_data, n_batches
 from .models import build_model, scale_invariant_params
 from .optim import build_optimizer, build_schedule, param_groups
 from .rule import angle_between, effective_lr, global_norm, rule_lr, si_rate
@@ -566,6 +566,19 @@ def _align(members: list[_Member], device: torch.device) -> None:
                 m.saved_epoch, m.diverged_epoch = low, None   # a divergence past `low` is redone with the pack
 
 
+def check_input(cfg: RunConfig, data: Data) -> None:
+    """One forward pass of the model on two training images, before the run directory is touched: images too
+    small for its pooling (convnet_si needs 32x32) fail here in one line, not after config.json is written."""
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        model = build_model(cfg.model, width=cfg.width, num_classes=data.num_classes).to(data.x_train.device)
+        try:
+            model.eval()(data.x_train[:2])
+        except RuntimeError as e:
+            h, w, why = *data.x_train.shape[-2:], str(e).splitlines()[0][:100]
+            raise DataError(f"{data.name}: model {cfg.model} cannot take its {h}x{w} images ({why}); use larger "
+                            "images (CIFAR-10's are 32x32) or another --model") from None
+
+
 def _make_dir(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -588,6 +601,7 @@ def _train_pack(todo: list[tuple[RunConfig, Path]], live: Progress | None, batch
         data.x_train = data.x_train.contiguous(memory_format=torch.channels_last)
         data.x_test = data.x_test.contiguous(memory_format=torch.channels_last)
     say = live.notice if live else (lambda text: print(f"elr: {text}", file=sys.stderr))
+    check_input(cfg0, data)
     for cfg, out in todo:   # only now, the data being usable, does a new run directory appear
         _make_dir(out)
         lock(out)
@@ -677,6 +691,23 @@ def summarize(records: list[dict], cfg: RunConfig, diverged_epoch: int | None) -
     }
 
 
+def duration(seconds: float) -> str:
+    """A time as a person reads it: 42 s, 12 min, 3 h 12 min, 2 d 5 h, 5,311 d (an ETA of 458,912,242 s says
+    nothing at a glance)."""
+    if not math.isfinite(seconds):
+        return "?"
+    s = max(0, int(round(seconds)))
+    if s < 100:
+        return f"{s} s"
+    minutes, hours = s // 60, s // 3600
+    if hours == 0:
+        return f"{minutes} min"
+    if hours < 24:
+        return f"{hours} h {minutes % 60} min"
+    days = hours // 24
+    return f"{days} d {hours % 24} h" if days < 10 else f"{days:,} d"
+
+
 class Progress:
     """`elr train`'s live line, rewritten in place: within an epoch at most every `every` seconds (one epoch of
     a large model on a CPU takes minutes, and the user should see it move from the first step), and after
@@ -709,14 +740,14 @@ class Progress:
         done = epochs_done - self.first_epoch
         if done <= 0:
             return "eta ?"
-        return f"eta {(time.perf_counter() - self.start) / done * (self.cfg.epochs - epochs_done):,.0f}s"
+        return f"eta {duration((time.perf_counter() - self.start) / done * (self.cfg.epochs - epochs_done))}"
 
     def step(self, i: int, n: int) -> None:
         now = time.perf_counter()
         if now - self.last < self.every:
             return
         self.last = now
-        self._write(f"epoch {self.current}/{self.cfg.epochs}  step {i}/{n}  {now - self.start:,.0f}s  "
+        self._write(f"epoch {self.current}/{self.cfg.epochs}  step {i}/{n}  {duration(now - self.start)}  "
                     f"{self._eta(self.current - 1 + i / n)}")
 
     def epoch(self, r: dict) -> None:

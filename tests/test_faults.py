@@ -297,3 +297,182 @@ def test_report_out_at_a_file_or_an_unwritable_path(finished, tmp_path, capsys, 
     run_bad(capsys, ["report", str(root), "--out", ""], "expected a directory, got an empty string")
     if Path("/proc/self").is_dir():                # even root cannot create a directory there
         run_bad(capsys, ["report", str(root), "--out", "/proc/elr-report"], "/proc/elr-report")
+
+
+# ---------------------------------------------------------------------------------- inputs that used to trace back
+def _npz(path, size=32, y_train=None):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    arrays = dict(x_train=rng.integers(0, 256, (20, size, size, 3), dtype=np.uint8),
+                  y_train=np.arange(20) % 10 if y_train is None else y_train,
+                  x_test=rng.integers(0, 256, (10, size, size, 3), dtype=np.uint8), y_test=np.arange(10) % 10)
+    np.savez(path, **arrays)
+    return f"npz:{path}"
+
+
+def test_images_too_small_for_the_model_are_refused_before_anything_is_written(tmp_path, capsys):
+    spec = _npz(tmp_path / "small.npz", size=8)
+    out = tmp_path / "run"
+    run_bad(capsys, ["train", "--data", spec, "--width", "4", "--batch-size", "10", "--epochs", "1", "--out", str(out)],
+            "model convnet_si cannot take its 8x8 images")
+    assert not out.exists()
+
+
+def test_a_huge_label_is_refused_not_allocated(tmp_path, capsys):
+    import numpy as np
+
+    y = np.arange(20) % 10
+    y[3] = 2**40
+    spec = _npz(tmp_path / "huge.npz", y_train=y)
+    out = tmp_path / "run"
+    run_bad(capsys, ["train", "--data", spec, "--width", "4", "--batch-size", "10", "--epochs", "1", "--out", str(out)],
+            "so 1099511627777 classes, more than its 20 images")
+    assert not out.exists()
+
+
+def test_read_only_run_directory(finished, tmp_path, capsys, monkeypatch):
+    import builtins
+    import errno
+
+    run = copy_run(finished, tmp_path / "run")
+    (run / runs.SUMMARY).unlink()
+    before = snapshot(run)
+    real_open = builtins.open
+
+    def read_only(file, mode="r", *args, **kwargs):   # root writes through chmod: a read-only mount, then
+        if str(file).startswith(str(run)) and any(c in mode for c in "wax+"):
+            raise OSError(errno.EROFS, "Read-only file system", str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", read_only)
+    run_bad(capsys, train_cli(run, 8), f"cannot write the run directory {run}: Read-only file system")
+    monkeypatch.undo()
+    assert snapshot(run) == before
+
+
+def test_disk_full_mid_line_loses_nothing_and_resumes(finished, tmp_path, capsys, monkeypatch):
+    import errno
+
+    real = runs._write
+
+    def full(f, data):
+        if b'"epoch": 5,' in data:                # half the line, then the disk is full
+            real(f, data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(f, data)
+
+    monkeypatch.setattr(runs, "_write", full)
+    run = tmp_path / "run"
+    run_bad(capsys, train_cli(run, 8), f"cannot write {run / runs.METRICS}: No space left on device")
+    monkeypatch.undo()
+    records, damaged, torn = runs.scan_metrics(run)
+    assert [r["epoch"] for r in records] == [0, 1, 2, 3, 4] and not damaged and not torn
+    assert main(train_cli(run, 8)) == 0
+    assert without_wall_time(runs.read_metrics(run)) == without_wall_time(runs.read_metrics(finished))
+
+
+def test_disk_full_during_a_checkpoint_keeps_the_previous_one(finished, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import torch
+
+    import elr.train
+
+    calls, real_save = [], torch.save
+
+    def full(obj, f, *args, **kwargs):
+        calls.append(obj["epoch"])
+        if obj["epoch"] == 4:
+            f.write(b"\0" * 1000)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(elr.train.torch, "save", full)
+    run = tmp_path / "run"
+    run_bad(capsys, train_cli(run, 8), f"cannot write {run / runs.CHECKPOINT}: No space left on device")
+    monkeypatch.undo()
+    assert not (run / runs.CHECKPOINT).exists()    # moved aside before the write that failed: the resume uses it
+    assert torch.load(run / runs.CHECKPOINT_PREV, weights_only=False)["epoch"] == 3
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+    assert main(train_cli(run, 8)) == 0
+    assert without_wall_time(runs.read_metrics(run)) == without_wall_time(runs.read_metrics(finished))
+
+
+def test_out_that_cannot_be_a_run_directory(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)                    # where an empty --out would train
+    run_bad(capsys, train_cli("", 1), "expected a directory, got an empty string")
+    assert list(tmp_path.iterdir()) == []
+    if Path("/proc/self").is_dir():
+        run_bad(capsys, train_cli("/proc/x", 1), "cannot create the run directory /proc/x")
+
+
+# ---------------------------------------------------------------------------------- smaller: ETA, Ctrl-C at start-up
+def test_durations_read_as_a_person_reads_them():
+    from elr.train import duration
+
+    assert [duration(s) for s in (42, 720, 11_520, 190_800, 458_912_242, float("inf"))] == \
+        ["42 s", "12 min", "3 h 12 min", "2 d 5 h", "5,311 d", "?"]
+
+
+def test_progress_line_shows_a_long_eta_in_days():
+    import io
+
+    from elr.config import RunConfig
+    from elr.train import Progress
+
+    stream = io.StringIO()
+    live = Progress(RunConfig(epochs=1_000_000), stream)
+    live.begin(0)
+    live.start -= 459                              # one epoch took 459 s: 999,999 more
+    live.step(1, 1)
+    line = stream.getvalue().strip()
+    assert "eta 5,312 d" in line and "7 min" in line, line
+
+
+class _Interrupting:
+    """A module whose first use is a Ctrl-C: what a SIGINT during its import looks like to the importer."""
+
+    def __getattr__(self, name):
+        raise KeyboardInterrupt
+
+
+def test_ctrl_c_while_elr_loads_is_one_line(monkeypatch, capsys):
+    import sys
+
+    import elr
+
+    source = Path(elr.__file__).with_name("__main__.py")
+    monkeypatch.setitem(sys.modules, "elr.cli", _Interrupting())
+    try:                                           # python -m elr, as runpy runs it
+        exec(compile(source.read_text(), str(source), "exec"), {"__name__": "__main__", "__package__": "elr"})
+    except SystemExit as stop:
+        assert stop.code == 130
+    except KeyboardInterrupt:
+        pytest.fail("the Ctrl-C escaped as a traceback")
+    assert capsys.readouterr().err == "elr: interrupted\n"
+
+
+def test_ctrl_c_while_torch_loads_is_one_line(monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "elr.data", _Interrupting())
+    try:
+        assert main(["report", "nowhere"]) == 130
+    except KeyboardInterrupt:
+        pytest.fail("the Ctrl-C escaped main() as a traceback")
+    assert capsys.readouterr().err == "elr: interrupted\n"
+
+
+def test_sigint_during_start_up_exits_130_without_a_traceback(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "elr", *train_cli(tmp_path / "run", 1)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)                                # Python is up; elr, torch and the data are loading
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
