@@ -11,7 +11,7 @@ from torch import nn
 from elr.config import RunConfig
 from elr.models import build_model, scale_invariant_params
 from elr.optim import build_optimizer, build_schedule, param_groups
-from elr.rule import angle_between, effective_lr, global_norm, si_rate
+from elr.rule import angle_between, effective_lr, global_norm, rule_lr, si_rate
 
 
 def tiny_si_net(seed=0):
@@ -168,3 +168,13 @@ def test_si_rate_is_the_rate_that_shrinks_the_total_norm_as_the_layers_rates_do(
     assert float(si_rate(rates, sq)) == pytest.approx(one_rate, rel=1e-6)
     assert float(si_rate(torch.tensor(rates), torch.tensor(sq))) == pytest.approx(one_rate, rel=1e-6)
     assert abs(rates.mean() - one_rate) > 0.1 * one_rate        # the layers' norms differ enough to tell
+
+
+def test_guards_at_the_edges_of_the_norm():
+    """Norms below 1 are ordinary (a rule's rate and the ELR follow the formula there); a zero, infinite or nan
+    norm is a diverged run, for which the rule gives nan rather than raising; no tensors, a 0-d zero norm."""
+    assert rule_lr(0.3, 0.5, 1) == pytest.approx(0.6) and rule_lr(0.3, 0.5, -2) == pytest.approx(0.075)
+    assert effective_lr(0.1, 0.5) == pytest.approx(0.4)
+    assert all(math.isnan(rule_lr(0.3, x, 1)) for x in (0.0, math.inf, math.nan, -1.0))
+    empty = global_norm([])
+    assert empty.shape == () and float(empty) == 0.0
