@@ -476,3 +476,19 @@ def test_sigint_during_start_up_exits_130_without_a_traceback(tmp_path):
     proc.send_signal(signal.SIGINT)
     err = proc.communicate(timeout=120)[1]
     assert proc.returncode == 130 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_the_study_takes_its_lock_and_then_the_trainers_in_one_process(tmp_path):
+    from elr.config import RunConfig
+    from elr.study import train_all
+
+    cfg = RunConfig(model="convnet_si", width=4, subset=100, batch_size=50, epochs=2)
+    configs = [("a", cfg), ("b", RunConfig(**{**cfg.to_dict(), "seed": 1}))]
+    train_all(configs, tmp_path, pack=2)          # RUNS/.a.lock and .b.lock, then a/.lock and b/.lock
+    assert [epochs_of(tmp_path / n) for n in "ab"] == [[1, 2], [1, 2]]
+    with runs.locked(tmp_path / "a"):              # a trainer elsewhere holds a: the study says so in one line
+        (tmp_path / "a" / runs.SUMMARY).unlink()
+        with pytest.raises(runs.RunDirBusy):
+            train_all(configs, tmp_path, pack=2)
+    train_all(configs, tmp_path, pack=2)
+    assert runs.run_ended(tmp_path / "a") and epochs_of(tmp_path / "a") == [1, 2]
