@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import time
 import urllib.error
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from elr.data import ACCEPTED, Data, DataError, balanced_subset, batch_indices, load_data, synthetic_arrays
+from elr.data import (ACCEPTED, Data, DataError, balanced_subset, batch_indices, channel_stats, default_cache_dir,
+                      load_data, n_batches, synthetic_arrays)
 
 
 def make_arrays(n_train=400, n_test=200, k=4, size=8, channels=3, seed=0):
@@ -353,3 +355,145 @@ def test_test_subset_sets_the_test_split_size_independently():
     assert len(load_data("synthetic", test_subset=100).y_train) == 2000                 # the train split kept
     with pytest.raises(DataError, match=r"test_subset 501 is outside .* 10 <= test_subset <= 500"):
         load_data("synthetic", test_subset=501)
+
+
+# ---------------------------------------------------------------------------------------- exact behaviour
+# (each test below kills mutants that survived bench/mutation.sh data; see bench/equivalent_mutants.md)
+
+def test_messages_in_full(tmp_path):
+    """The messages that substring checks above leave partly unchecked, word for word."""
+    a = make_arrays()
+    spoilt = {
+        "length": {**a, "y_train": a["y_train"][:-1]},
+        "negative": {**a, "y_train": np.where(np.arange(400) == 7, -1, a["y_train"])},
+        "test label = K": {**a, "y_test": np.where(a["y_test"] == 3, 4, a["y_test"])},  # just out of range
+        "3-d, C-like dim 1": {**a, "x_train": a["x_train"][:, :3, :, 0]},                  # (400, 3, 8): no hint
+        "NCHW, one channel": {**a, "x_train": a["x_train"][..., :1].transpose(0, 3, 1, 2)},
+    }
+    got = {case: data_error(f"npz:{save(tmp_path, f'{i}.npz', **arrays)}")
+           for i, (case, arrays) in enumerate(spoilt.items())}
+    assert got["length"] == "npz:0.npz: x_train has 400 images but y_train has 399 labels; they must match"
+    assert got["negative"].endswith(": y_train has a negative label (-1); labels must be integers 0..K-1")
+    assert got["test label = K"].endswith(": y_test has label 4 but the training labels only go up to 3; "
+                                          "test labels must be in 0..3")
+    assert got["3-d, C-like dim 1"].endswith(": x_train has shape (400, 3, 8); images must be NHWC, "
+                                             "(N, H, W, C) with C in {1, 3}")
+    assert got["NCHW, one channel"].endswith("with C in {1, 3} (is it NCHW?)")
+
+    missing = save(tmp_path, "missing.npz", **drop("x_test", "y_test")(a))
+    assert data_error(f"npz:{missing}") == (f"{missing} lacks array(s) x_test, y_test; it has x_train, y_train, "
+                                            "and needs x_train, y_train, x_test, y_test")
+    single = tmp_path / "single.npz"
+    np.save(single.open("wb"), np.zeros(3))
+    assert data_error(f"npz:{single}").endswith("save it with numpy.savez(path, x_train=..., y_train=..., "
+                                                 "x_test=..., y_test=...)")
+    constant = save(tmp_path, "constant.npz", **change("x_train", constant_last_channel)(a))
+    assert data_error(f"npz:{constant}") == ("npz:constant.npz: channel 2 of x_train is constant, so it cannot be "
+                                             "normalized; every channel must vary")
+    tiny = save(tmp_path, **a)
+    assert data_error(f"npz:{tiny}", subset=3) == ("subset 3 is outside what npz:tiny.npz allows: at least one image "
+                                                   "per class and at most the split, 4 <= subset <= 400")
+    (tmp_path / "text.npz").write_text("not a zip archive\n")
+    assert "(ValueError: " in data_error(f"npz:{tmp_path / 'text.npz'}")  # the cause, in one line
+
+
+def test_an_npz_holding_pickled_objects_is_refused_unread(tmp_path):
+    # allow_pickle=False: an object array (which unpickling could turn into code) is never loaded
+    a = make_arrays()
+    path = save(tmp_path, **{**a, "y_test": np.array([object()] * 200)})
+    message = data_error(f"npz:{path}")
+    assert message.startswith(f"{path} is damaged: an array could not be read (ValueError: Object arrays cannot "
+                              "be loaded when allow_pickle=False")
+
+
+def test_the_default_cache_dir_is_elr_data_dir_or_the_home_cache(monkeypatch, tmp_path):
+    monkeypatch.delenv("ELR_DATA_DIR", raising=False)
+    assert default_cache_dir() == Path.home() / ".cache" / "elr"
+    monkeypatch.setenv("ELR_DATA_DIR", str(tmp_path))
+    assert default_cache_dir() == tmp_path
+
+
+def test_cifar10_asks_torchvision_for_both_splits_with_download(tmp_path, monkeypatch):
+    import torchvision
+
+    calls = []
+
+    class Recorder:
+        def __init__(self, **kwargs):
+            calls.append(kwargs)
+            self.data, self.targets = np.arange(10, dtype=np.uint8).repeat(3072).reshape(10, 32, 32, 3), list(range(10))
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", Recorder)
+    load_data("cifar10", cache_dir=tmp_path)
+    assert calls == [dict(root=str(tmp_path), train=True, download=True),
+                     dict(root=str(tmp_path), train=False, download=True)]
+
+
+def test_cifar10_offline_message_in_full(tmp_path, monkeypatch):
+    import torchvision
+
+    def offline(root, train, download):
+        raise OSError()  # no message: the cause is its type alone, without a dangling ": "
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    assert data_error("cifar10", cache_dir=tmp_path) == (
+        f"CIFAR-10 is not in {tmp_path} and could not be downloaded (OSError): put cifar-10-python.tar.gz or "
+        "cifar-10-batches-py/ there, set ELR_DATA_DIR, or use --data npz:PATH")
+
+
+def test_channel_stats_counts_every_chunk_of_a_large_split():
+    # 2.5 M pixels: more than two of channel_stats' 2**20-pixel chunks, each chunk with other values
+    x = np.repeat(np.array([0, 100, 255], np.uint8), [2**20, 2**20, 500_048]).reshape(-1, 10, 10, 1)
+    mean, std = channel_stats(x)
+    pixels = x.astype(np.float64).ravel() / 255
+    np.testing.assert_allclose(mean, [pixels.mean()], rtol=1e-12)
+    np.testing.assert_allclose(std, [pixels.std()], rtol=1e-12)
+
+
+def test_load_data_puts_every_tensor_on_the_device():
+    # the meta device stands in for an accelerator: a tensor left on the CPU is seen without a GPU
+    data = load_data("synthetic", subset=100, device="meta")
+    assert {t.device.type for t in (data.x_train, data.y_train, data.x_test, data.y_test)} == {"meta"}
+    assert all(b.device.type == "meta" for b in batch_indices(10, 3, torch.Generator().manual_seed(0), "meta"))
+
+
+def test_read_only_arrays_are_copied_before_torch_sees_them():
+    # the cached synthetic arrays are read-only; torch.from_numpy warns on a non-writable array
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_data("synthetic")
+
+
+def test_balanced_subset_edges():
+    y = np.arange(10) % 2
+    with pytest.raises(DataError) as err:
+        balanced_subset(y, 0, seed=0)
+    assert str(err.value) == "a subset of 0 from 10 labels is impossible; choose 1..10"
+    y = np.arange(1000) % 10
+    # seeds live modulo 2**63 (numpy's default_rng refuses negative ones): s and s + 2**63 are the same seed
+    assert np.array_equal(balanced_subset(y, 55, seed=-1), balanced_subset(y, 55, seed=2**63 - 1))
+    assert np.array_equal(balanced_subset(y, 55, seed=5), balanced_subset(y, 55, seed=5 + 2**63))
+    assert not np.array_equal(balanced_subset(y, 55, seed=1), balanced_subset(y, 55, seed=3))
+
+
+def test_the_default_seed_is_0():
+    default, zero = load_data("synthetic", subset=50), load_data("synthetic", subset=50, seed=0)
+    assert torch.equal(default.y_train, zero.y_train) and torch.equal(default.x_test, zero.x_test)
+
+
+def test_subset_limits_are_inclusive_and_the_test_split_keeps_one_image(tmp_path):
+    path = save(tmp_path, **make_arrays(n_test=40))  # 4 classes, 400 train / 40 test images
+    data = load_data(f"npz:{path}", subset=4)  # one image per class is the smallest subset
+    assert sorted(data.y_train.tolist()) == [0, 1, 2, 3]
+    assert len(data.y_test) == 1  # round(4 * 40 / 400) = 0, raised to the minimum of one
+    arrays = make_arrays()
+    arrays["y_train"] = np.where(np.arange(400) < 390, arrays["y_train"] % 3, 3)  # class 3 has 10 images
+    assert "choose a subset of at most 40" in data_error(f"npz:{save(tmp_path, 'small.npz', **arrays)}", subset=100)
+
+
+def test_n_batches():
+    assert [n_batches(n, 3) for n in (9, 10, 11, 12)] == [3, 3, 4, 4]  # a trailing singleton is dropped
+    assert n_batches(4, 1) == 4 and n_batches(1, 1) == 1
+    with pytest.raises(ValueError) as err:
+        n_batches(4, 0)
+    assert str(err.value) == "batch_size must be >= 1, got 0"
