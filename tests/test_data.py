@@ -440,6 +440,12 @@ def test_cifar10_offline_message_in_full(tmp_path, monkeypatch):
         f"CIFAR-10 is not in {tmp_path} and could not be downloaded (OSError): put cifar-10-python.tar.gz or "
         "cifar-10-batches-py/ there, set ELR_DATA_DIR, or use --data npz:PATH")
 
+    def offline_x(root, train, download):
+        raise OSError("no route to host X")  # only ": " is stripped from the end, never a letter of the cause
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline_x)
+    assert "(OSError: no route to host X)" in data_error("cifar10", cache_dir=tmp_path)
+
 
 def test_channel_stats_counts_every_chunk_of_a_large_split():
     # 2.5 M pixels: more than two of channel_stats' 2**20-pixel chunks, each chunk with other values

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Mutation testing of the core modules with mutmut 3 (pip install mutmut): a benchmark-like figure, not a CI gate.
+#
+#     bash bench/mutation.sh                    # all eight core modules, one after the other
+#     bash bench/mutation.sh models data        # some of them
+#     KEEP=1 bash bench/mutation.sh stats       # keep each module's clone (mutmut results / show / browse there)
+#
+# For each module: a throwaway clone of the current commit (HEAD: commit first; uncommitted edits are not
+# measured), a [tool.mutmut] section naming that module and its test files (MAP below), `mutmut run`, then one
+# line: mutants, killed, survived, "no tests" (mutants in a function that none of the selected tests executes),
+# timeouts, wall time. The surviving mutants' names are written to $OUT/MODULE.survivors (default OUT:
+# ./mutation-out). Exits non-zero if mutmut itself fails (a failing clean test run, a crash), not for survivors.
+#
+# mutmut runs, per mutant, only the selected tests that executed the mutated function, so the test selection is
+# the time lever: the map names the fast test files that exercise each module, and `-m "not slow"` leaves out
+# the few multi-second training tests. CI=true loads the Hypothesis "ci" profile (derandomized): a mutant's
+# verdict does not depend on the random examples drawn. process_isolation = "forkserver": each mutant's tests run
+# in a process forked from a server that has only collected the tests, never run them, so no cache filled by an
+# unmutated run (elr.data.synthetic_arrays, a test's lru_cache) hides a mutant, and torch never forks mid-run.
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+OUT=${OUT:-$PWD/mutation-out}
+WORK=${WORK:-$(mktemp -d "${TMPDIR:-/tmp}/elr-mutation.XXXXXX")}
+MUTMUT=${MUTMUT:-mutmut}
+ALL=(rule train runs models data detectors stats claims)
+declare -A MAP=(
+    [rule]="tests/test_rule.py"
+    [train]="tests/test_train.py tests/test_faults.py tests/test_optim.py"
+    [runs]="tests/test_faults.py tests/test_runlock.py tests/test_inspect.py tests/test_claims.py tests/test_train.py"
+    [models]="tests/test_models.py"
+    [data]="tests/test_data.py"
+    [detectors]="tests/test_detectors.py tests/test_calibration.py"
+    [stats]="tests/test_stats.py tests/test_calibration.py tests/test_detectors.py"
+    [claims]="tests/test_claims.py tests/test_report.py"
+)
+MODULES=("$@")
+[ ${#MODULES[@]} -eq 0 ] && MODULES=("${ALL[@]}")
+for m in "${MODULES[@]}"; do
+    [ -n "${MAP[$m]:-}" ] || { echo "unknown module '$m'; accepted: ${ALL[*]}" >&2; exit 2; }
+done
+command -v "$MUTMUT" >/dev/null || { echo "mutmut not found: pip install mutmut (3.x)" >&2; exit 2; }
+mkdir -p "$OUT"
+export CI=true
+
+toml_list() { local out="" x; for x in "$@"; do out+="${out:+, }\"$x\""; done; echo "[$out]"; }
+
+ROWS=()
+status=0
+for m in "${MODULES[@]}"; do
+    dir="$WORK/$m"
+    rm -rf "$dir"
+    git clone -q "$ROOT" "$dir" || { echo "$m: git clone failed" >&2; status=1; continue; }
+    # this module's section replaces any [tool.mutmut] the checkout has (the defaults appended to pyproject.toml)
+    python - "$dir/pyproject.toml" "$m" "$(toml_list ${MAP[$m]})" <<'EOF'
+import re, sys
+path, module, tests = sys.argv[1:]
+text = re.sub(r"(?ms)^\[tool\.mutmut\]\n.*?(?=^\[|\Z)", "", open(path).read())
+open(path, "w").write(text.rstrip("\n") + f"""
+
+[tool.mutmut]
+source_paths = ["elr"]
+only_mutate = ["elr/{module}.py"]
+also_copy = ["conftest.py", "experiments/"]
+pytest_add_cli_args = ["-m", "not slow", "-p", "no:cacheprovider"]
+process_isolation = "forkserver"
+pytest_add_cli_args_test_selection = {tests}
+""")
+EOF
+    echo "=== $m: mutating elr/$m.py against ${MAP[$m]}"
+    start=$SECONDS
+    (cd "$dir" && "$MUTMUT" run 2>&1 | tail -c 2000; exit "${PIPESTATUS[0]}")
+    rc=$?
+    wall=$((SECONDS - start))
+    if [ $rc -ne 0 ] || ! (cd "$dir" && "$MUTMUT" export-cicd-stats >/dev/null \
+                           && [ -f mutants/mutmut-cicd-stats.json ]); then
+        echo "$m: mutmut failed (exit $rc) after ${wall} s; the clone is kept in $dir" >&2
+        ROWS+=("$(printf '%-10s %8s %8s %9s %9s %9s %8s' "$m" FAILED - - - - "$((wall / 60))m$((wall % 60))s")")
+        status=1
+        continue
+    fi
+    (cd "$dir" && "$MUTMUT" results 2>/dev/null | grep -E ': (survived|no tests|timeout|suspicious|segfault)$' \
+        | sed 's/^ *//' >"$OUT/$m.survivors")
+    row=$(python - "$dir/mutants/mutmut-cicd-stats.json" "$m" "$wall" <<'EOF'
+import json, sys
+s, m, wall = json.load(open(sys.argv[1])), sys.argv[2], int(sys.argv[3])
+other = s["suspicious"] + s["segfault"] + s["skipped"] + s["check_was_interrupted_by_user"]
+print(f"{m:<10} {s['total']:>8} {s['killed']:>8} {s['survived']:>9} {s['no_tests']:>9} {s['timeout']:>9} "
+      f"{wall // 60:>5}m{wall % 60:02d}s" + (f"  (+{other} suspicious/segfault/skipped)" if other else ""))
+EOF
+)
+    echo "$row"
+    ROWS+=("$row")
+    [ -n "${KEEP:-}" ] || rm -rf "$dir"
+done
+
+echo
+printf '%-10s %8s %8s %9s %9s %9s %8s\n' module mutants killed survived "no tests" timeouts wall
+for r in "${ROWS[@]}"; do echo "$r"; done
+echo "survivors' names: $OUT/<module>.survivors (mutmut show NAME in a clone run with KEEP=1)"
+[ -n "${KEEP:-}" ] && echo "clones kept under $WORK" || rmdir "$WORK" 2>/dev/null
+exit $status
