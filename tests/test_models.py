@@ -265,6 +265,22 @@ def test_a_block_projects_the_shortcut_when_either_the_width_or_the_stride_chang
             assert b(x).shape == shape, args
 
 
+@pytest.mark.parametrize("args", [(4, 4), (4, 8, 2)])
+def test_blocks_add_the_shortcut_as_their_definitions_state(args):
+    # each block's forward against its docstring's formula, composed here from the block's own submodules
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 8, 8)
+    b = BasicBlock(*args)
+    sc = b.shortcut(x) if len(b.shortcut) else x
+    expected = F.relu(b.bn2(b.conv2(F.relu(b.bn1(b.conv1(x))))) + sc)
+    p = PreActBlockSI(*args)
+    h = F.relu(p.bn1(x))
+    expected_si = p.conv2(F.relu(p.bn2(p.conv1(h)))) + (x if p.shortcut is None else p.shortcut(h))
+    with torch.no_grad():
+        torch.testing.assert_close(b(x), expected)
+        torch.testing.assert_close(p(x), expected_si)
+
+
 # ---------------------------------------------------------------------------------------------------
 # the SI set matches each architecture's definition (stated here without the detector)
 # ---------------------------------------------------------------------------------------------------
