@@ -588,9 +588,9 @@ def invoked_command(plan: Plan) -> str:
 
 
 def design_path() -> Path:
-    import elr
+    from .study import default_design
 
-    return Path(elr.__file__).resolve().parent.parent / "experiments" / "design.toml"
+    return default_design()
 
 
 def projection(rows: list[dict], flops_per_image: dict, path: Path | None = None) -> dict:

@@ -234,10 +234,10 @@ def cmd_study(args) -> int:
 def _study_run(args) -> int:
     from .cluster import StudyFailed, Submitted, options_from, train_runs
     from .report import REPORT_HTML, verdict_summary
-    from .study import Design, StudyProgress, auto_pack, expand, rebuild_report
+    from .study import Design, StudyProgress, auto_pack, default_design, expand, rebuild_report
     from .verdict import Verdict
 
-    design = args.design or Path(__file__).resolve().parent.parent / "experiments" / "design.toml"
+    design = args.design or default_design()
     if not design.is_file():
         raise ConfigError(f"no design file at {design}; give --design PATH (experiments/design.toml in a checkout)")
     if args.seeds < 1 or (args.pack is not None and args.pack < 1):

@@ -137,6 +137,18 @@ def expand(design: Design, scale_name: str, *, seeds: int = 1, data: str | None 
     return out
 
 
+def default_design() -> Path:
+    """The study's design file: experiments/design.toml in a checkout, else the copy an installed elr ships
+    (package elr.experiments)."""
+    checkout = Path(__file__).resolve().parent.parent / "experiments" / "design.toml"
+    if checkout.is_file():
+        return checkout
+    import importlib.util
+
+    spec = importlib.util.find_spec("elr.experiments")
+    return Path(next(iter(spec.submodule_search_locations))) / "design.toml" if spec else checkout
+
+
 def pack_groups(configs: list[tuple[str, RunConfig]]) -> list[list[tuple[str, RunConfig]]]:
     """The runs that can share a step (elr.train.PACK_KEYS), in design order, so that the same study packs the
     same runs every time (a resumed pack recomputes what an unbroken one did)."""

@@ -513,8 +513,9 @@ def _open_run(cfg: RunConfig, out: Path, data: Data, device: torch.device, say, 
     # a pack's steps go through one vmapped forward for all its runs (not compiled): compile only a run alone
     compiled = pack == 1 and setup_compile(state, cfg, steps, device, say)
     if not runs.is_run_dir(out):
+        # num_classes: what a diverged run's chance level is (claims.chance), even once the data has moved
         runs.write_json(out / runs.CONFIG, {**cfg.to_dict(), "env": {**environment(device), "compiled": compiled,
-                                                                      "pack": pack}})
+                                                                      "pack": pack, "num_classes": data.num_classes}})
     _restore(state, out, device, say)
     kept = runs.truncate_metrics(out, state.epoch)  # lines past the checkpoint (or a torn tail) are redone
     if state.epoch == 0 and runs.read_initial(out) is None:

@@ -66,6 +66,9 @@ def make_study_dir(path: Path) -> Path:
     path.mkdir(parents=True)
     (path / "design.toml").write_text((ROOT / "experiments" / "design.toml").read_text())
     (path / "test_claims.py").write_text((ROOT / "experiments" / "test_claims.py").read_text())
+    # a package, as experiments/ is: its module is experiments.test_claims, not the test_claims that
+    # tests/test_claims.py already put in sys.modules when the whole suite runs in one process
+    (path / "__init__.py").write_text("")
     return path
 
 
