@@ -9,26 +9,13 @@ import pytest
 
 from elr import runs
 from elr.cli import main
+from test_cli import run_bad    # one definition of a one-line error: exit 2, one line, no traceback
 
 TINY = ["--model", "convnet_si", "--width", "4", "--data", "synthetic", "--subset", "100", "--batch-size", "50"]
 
 
 def train_cli(out, epochs=3, *extra):
     return ["train", *TINY, "--epochs", str(epochs), "--out", str(out), *extra]
-
-
-def run_bad(capsys, argv, needle):
-    """Exit 2 with one line naming the problem (tests/test_cli.py's contract)."""
-    try:
-        code = main(argv)
-    except SystemExit as e:  # argparse
-        code = e.code
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0].startswith("elr: error:") and needle.lower() in lines[0].lower(), lines[0]
-    return lines[0]
 
 
 def snapshot(d: Path) -> dict:
