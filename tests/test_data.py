@@ -456,18 +456,26 @@ def test_channel_stats_counts_every_chunk_of_a_large_split():
     np.testing.assert_allclose(std, [pixels.std()], rtol=1e-12)
 
 
-def test_load_data_puts_every_tensor_on_the_device():
-    # the meta device stands in for an accelerator: a tensor left on the CPU is seen without a GPU
-    data = load_data("synthetic", subset=100, device="meta")
-    assert {t.device.type for t in (data.x_train, data.y_train, data.x_test, data.y_test)} == {"meta"}
-    assert all(b.device.type == "meta" for b in batch_indices(10, 3, torch.Generator().manual_seed(0), "meta"))
+@pytest.mark.parametrize("device", ["meta", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA: meta ops accept a CPU operand, a CUDA op does not"))])
+def test_load_data_puts_every_tensor_on_the_device(device):
+    # the meta device stands in for an accelerator: a tensor left on the CPU is seen without a GPU; only on a
+    # real one does normalizing by a mean and std left on the CPU fail
+    data = load_data("synthetic", subset=100, device=device)
+    assert {t.device.type for t in (data.x_train, data.y_train, data.x_test, data.y_test)} == {device}
+    assert all(b.device.type == device for b in batch_indices(10, 3, torch.Generator().manual_seed(0), device))
 
 
 def test_read_only_arrays_are_copied_before_torch_sees_them():
-    # the cached synthetic arrays are read-only; torch.from_numpy warns on a non-writable array
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        load_data("synthetic")
+    # the cached synthetic arrays are read-only; torch.from_numpy warns on a non-writable array (once per
+    # process, unless warn_always: an earlier test must not have used the warning up)
+    torch.set_warn_always(True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            load_data("synthetic")
+    finally:
+        torch.set_warn_always(False)
 
 
 def test_balanced_subset_edges():
