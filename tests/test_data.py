@@ -511,3 +511,10 @@ def test_n_batches():
     with pytest.raises(ValueError) as err:
         n_batches(4, 0)
     assert str(err.value) == "batch_size must be >= 1, got 0"
+
+
+def test_labels_implying_more_classes_than_images_message_in_full(tmp_path):
+    a = make_arrays()
+    path = save(tmp_path, "big.npz", **{**a, "y_train": np.where(np.arange(400) == 0, 500, a["y_train"])})
+    assert data_error(f"npz:{path}") == ("npz:big.npz: y_train has label 500, so 501 classes, more than its 400 "
+                                         "images; labels must be 0..K-1 for K classes, each with training images")
