@@ -100,6 +100,9 @@ def pytest_addoption(parser, pluginmanager):
         return
     add_study_options(parser, study_dir / "design.toml")
     pluginmanager.register(StudyPlugin(study_dir), STUDY_PLUGIN)
+    # the fixtures are module functions in a module of their own (pytest deprecates fixtures that are methods
+    # of a plugin object), registered here so that no other session sees a `study` or `scale` fixture
+    pluginmanager.register(importlib.import_module("elr.study_fixtures"), "elr-study-fixtures")
 
 
 def add_study_options(parser, design: Path) -> None:
@@ -270,7 +273,8 @@ class Study:
 
 # ------------------------------------------------------------------------------------------- the study
 class StudyPlugin:
-    """Every hook and fixture of a study session; registered by pytest_addoption only for such a session."""
+    """Every hook of a study session (its fixtures: elr/study_fixtures.py); registered by pytest_addoption only
+    for such a session."""
 
     def __init__(self, study_dir: Path):
         self.study_dir = study_dir
@@ -322,49 +326,6 @@ class StudyPlugin:
 
     def pytest_unconfigure(self, config):
         _stop_progress(config)      # a session that ended before sessionfinish (an interrupt)
-
-    @pytest.fixture(scope="session", params=["selected", pytest.param("full", marks=[getattr(pytest.mark, m)
-                                                                                     for m in FULL_MARKS])])
-    def scale(self, request) -> str:
-        return request.config.getoption("scale") if request.param == "selected" else "full"
-
-    @pytest.fixture(scope="session")
-    def study(self, request, scale) -> Study:
-        """Train (or reuse, or resume) every run of the study at this scale, then judge all claims."""
-        from elr import runs
-        from elr.config import ConfigError
-        from elr.data import DataError
-        from elr.study import Design, auto_pack, evaluate, expand
-
-        config = request.config
-        try:
-            device, opts = _device(config), _cluster_options(config)
-            configs = expand(Design.load(config.getoption("design")), scale, seeds=config.getoption("seeds"),
-                             data=config.getoption("data"), device=device, check_device=opts.executor == "local")
-            root = Path(config.getoption("runs_dir")) / scale
-            paths = _train(config, configs, root, opts, config.getoption("pack") or auto_pack(device))
-        except (ConfigError, DataError) as e:
-            pytest.exit(f"elr: {e}", returncode=2)
-        loaded = runs.load_runs(paths)
-        return Study(scale, root, loaded, {v.id: v for v in evaluate(loaded)})
-
-    @pytest.fixture
-    def judge(self, study, record_property):
-        """judge("H3"): record the verdict for the report, then pass / fail / skip as the verdict says."""
-        from elr.verdict import HELD, REFUTED
-
-        def _judge(claim_id: str):
-            v = study.verdicts[claim_id]
-            record_property(STUDY_KEY, {"scale": study.scale, "root": str(study.root.resolve())})
-            record_property(VERDICT_KEY, v.to_json())
-            message = f"{v.id} {v.verdict}: {v.reason}"
-            if v.verdict == REFUTED:
-                pytest.fail(message, pytrace=False)
-            if v.verdict != HELD:
-                pytest.skip(message)
-            return v
-
-        return _judge
 
 
 # ------------------------------------------------------------------------------------------- report
