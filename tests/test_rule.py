@@ -178,3 +178,45 @@ def test_guards_at_the_edges_of_the_norm():
     assert all(math.isnan(rule_lr(0.3, x, 1)) for x in (0.0, math.inf, math.nan, -1.0))
     empty = global_norm([])
     assert empty.shape == () and float(empty) == 0.0
+
+
+def test_sphere_rule_holds_lr_at_elr_rho0_squared_and_projects_back_to_rho0():
+    """SphereRule directly (docs/science.md, Kodryan et al. 2022): rho0 is the initial total SI norm, every group's
+    lr = elr * rho0^2, after each step the SI weights are rescaled jointly (not per tensor) back to total norm
+    rho0 with their direction kept, and the checkpoint carries rho0. Checked in float64 by numpy."""
+    from elr.rule import SphereRule
+    g = torch.Generator().manual_seed(11)
+    w1 = nn.Parameter(torch.randn(4, 3, generator=g, dtype=torch.float64) * 0.7)
+    w2 = nn.Parameter(torch.randn(5, generator=g, dtype=torch.float64) * 2.0)
+    rest = nn.Parameter(torch.randn(3, generator=g, dtype=torch.float64))     # a non-SI weight: never rescaled
+    opt = torch.optim.SGD([{"params": [w1], "name": "a"}, {"params": [w2], "name": "b"},
+                           {"params": [rest], "name": "rest"}], lr=1.0)
+    rho0 = math.sqrt(float(np.sum(w1.detach().numpy() ** 2) + np.sum(w2.detach().numpy() ** 2)))
+    rule = SphereRule(opt, elr=0.01, si={"a": w1, "b": w2})
+    assert isinstance(rule.rho0, float) and rule.rho0 == pytest.approx(rho0, rel=1e-12)
+    assert rule.state_dict() == {"rho0": pytest.approx(rho0, rel=1e-12)}
+    rule.on_epoch_start(1)
+    assert [grp["lr"] for grp in opt.param_groups] == pytest.approx([0.01 * rho0**2] * 3, rel=1e-12)
+    # a step that scales the layers unequally and moves the rest: the projection restores the total norm only
+    with torch.no_grad():
+        w1.mul_(3.0)
+        w2.mul_(0.5)
+        rest.mul_(4.0)
+    a1, a2, r = w1.detach().numpy().copy(), w2.detach().numpy().copy(), rest.detach().numpy().copy()
+    rule.on_step_end()
+    scale = rho0 / math.sqrt(float(np.sum(a1 ** 2) + np.sum(a2 ** 2)))
+    np.testing.assert_allclose(w1.detach().numpy(), scale * a1, rtol=1e-12)
+    np.testing.assert_allclose(w2.detach().numpy(), scale * a2, rtol=1e-12)
+    np.testing.assert_array_equal(rest.detach().numpy(), r)
+    rule.on_epoch_end(1, 0.5)                                                  # a no-op: rates and weights stay
+    assert [grp["lr"] for grp in opt.param_groups] == pytest.approx([0.01 * rho0**2] * 3, rel=1e-12)
+    # a resumed run takes rho0 from the checkpoint: the rate and the radius follow it
+    rule.load_state_dict({"rho0": 2.0})
+    assert rule.rho0 == 2.0 and rule.state_dict() == {"rho0": 2.0}
+    rule.on_epoch_start(2)
+    assert [grp["lr"] for grp in opt.param_groups] == pytest.approx([0.04] * 3, rel=1e-12)
+    rule.on_step_end()
+    total = math.sqrt(float(np.sum(w1.detach().numpy() ** 2) + np.sum(w2.detach().numpy() ** 2)))
+    assert total == pytest.approx(2.0, rel=1e-12)
+    with pytest.raises(ValueError, match="^schedule 'sphere' needs a model with scale-invariant weights$"):
+        SphereRule(opt, elr=0.01, si={})
