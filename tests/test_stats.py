@@ -278,3 +278,162 @@ def test_binomial_sd():
     assert stats.binomial_sd(1.0, 10) == 0.0
     assert math.isnan(stats.binomial_sd(0.5, 0)) and math.isnan(stats.binomial_sd(1.5, 10))
     assert math.isnan(stats.binomial_sd(float("nan"), 10))
+
+
+# ---------------------------------------------------------------------------------------------- issue 10: edges
+
+def test_proportion_ci_point_estimate_and_clopper_pearson_beta_quantiles():
+    """k/n itself, and the CI against the Clopper–Pearson closed form by beta quantiles (scipy.stats.beta), at
+    the default 95% and at 90%; n = 1 is a sample, not an empty one."""
+    beta = __import__("scipy").stats.beta
+    for k, n, level in ((3, 10, 0.95), (7, 20, 0.90), (1, 1, 0.95), (0, 1, 0.80)):
+        p, (lo, hi) = stats.proportion_ci(k, n, level=level)
+        t = (1 - level) / 2
+        assert p == k / n
+        assert lo == (pytest.approx(beta.ppf(t, k, n - k + 1), rel=1e-9) if k > 0 else 0.0)
+        assert hi == (pytest.approx(beta.ppf(1 - t, k + 1, n - k), rel=1e-9) if k < n else 1.0)
+    p, (lo, hi) = stats.proportion_ci(3, 10)
+    assert (lo, hi) == (pytest.approx(beta.ppf(0.025, 3, 8), rel=1e-9), pytest.approx(beta.ppf(0.975, 4, 7), rel=1e-9))
+    assert all(math.isnan(v) for v in (stats.proportion_ci(2, 0)[0], *stats.proportion_ci(2, 0)[1]))
+    assert all(math.isnan(v) for v in (stats.proportion_ci(0, -1)[0], *stats.proportion_ci(0, -1)[1]))
+
+
+def test_robust_noise_hand_values_and_three_values():
+    """Hand-worked: y = 0, 1, 3, 4, 6 has diffs 1, 2, 1, 2 (median 1.5), |d - 1.5| = 0.5 each, MAD 0.5; a
+    steady trend of 1.5 per step is removed, not added. Three values (two diffs) are enough."""
+    assert stats.robust_noise([0.0, 1.0, 3.0, 4.0, 6.0]) == pytest.approx(1.4826 * 0.5 / math.sqrt(2), rel=1e-12)
+    assert stats.robust_noise([0.0, 1.0, 3.0]) == pytest.approx(1.4826 * 0.5 / math.sqrt(2), rel=1e-12)
+    assert stats.robust_noise([0.0, 10.0, 20.0, 30.0]) == 0.0                  # a pure trend has no noise
+    assert stats.robust_noise([0.0, 1.0, np.nan, 3.0]) == pytest.approx(1.4826 * 0.5 / math.sqrt(2))
+
+
+def test_mw_p_lookup_at_u_zero_and_exact_beyond_the_hl_pair_limit():
+    """P(U >= 0) = 1 for every arm size; with an arm of one, U is uniform on 0..n (the lone value's rank), so
+    P(U >= u) = (n + 1 - u) / (n + 1) exactly -- also at 1 vs 3000, where m·n > MW_EXACT_PAIRS but the
+    3001 splits are enumerable: the lookup must stay exact there, as mann_whitney_greater is."""
+    for m, n in ((1, 1), (2, 3), (4, 4)):
+        assert stats._mw_p_greater(np.array([0.0]), m, n)[0] == 1.0
+    np.testing.assert_allclose(stats._mw_p_greater(np.array([0.0, 1.0, 2.0, 3.0]), 1, 3), [1.0, 0.75, 0.5, 0.25])
+    u = np.array([0.0, 1.0, 1500.0, 2999.0, 3000.0])
+    np.testing.assert_allclose(stats._mw_p_greater(u, 1, 3000), (3001 - u) / 3001, rtol=1e-12)
+    b = np.arange(3000.0)
+    assert stats.mann_whitney_greater([2999.5], b) == (3000.0, pytest.approx(1 / 3001, rel=1e-12))
+
+
+def test_an_arm_of_one_value_is_a_sample():
+    """One value in an arm is enough (nan only for an empty arm): hand-worked U, exact p and HL shift."""
+    assert stats.mann_whitney_greater([1.0], [0.0, -1.0]) == (2.0, pytest.approx(1 / 3))   # rank 3 of 3
+    assert stats.mann_whitney_greater([0.0, -1.0], [1.0]) == (0.0, 1.0)
+    assert stats.mann_whitney_greater([2.0], [1.0]) == (1.0, 0.5)
+    # 1 vs 1: the one difference; no rank reaches 95%, so the widest interval with coverage 1 - 2 * 1/2 = 0
+    assert stats.hodges_lehmann([3.0], [1.0]) == (2.0, (2.0, 2.0), 0.0)
+    est, (lo, hi), cov = stats.hodges_lehmann([3.0], [1.0, 0.0, 2.5])
+    assert (est, lo, hi) == (2.0, 0.5, 3.0) and cov == pytest.approx(0.5)    # 1 - 2 P(U <= 0) = 1 - 2/4
+    est, (lo, hi), cov = stats.hodges_lehmann([1.0, 0.0, 2.5], [3.0])
+    assert (est, lo, hi) == (-2.0, -3.0, -0.5) and cov == pytest.approx(0.5)
+
+
+def test_exactly_at_the_exact_limit_p_is_enumerated(monkeypatch):
+    """EXACT_LIMIT is inclusive ("up to this many permutations"): with the limit set to C(8, 4) = 70, 4 vs 4 is
+    still enumerated (p = 1/70 for separated arms) in both mann_whitney_greater and the power lookup."""
+    monkeypatch.setattr(stats, "EXACT_LIMIT", 70)
+    assert stats.mann_whitney_greater([5.0, 6.0, 7.0, 8.0], [1.0, 2.0, 3.0, 4.0]) == (16.0, pytest.approx(1 / 70))
+    assert stats._mw_p_greater(np.array([16.0, 0.0]), 4, 4) == pytest.approx([1 / 70, 1.0])
+    monkeypatch.setattr(stats, "EXACT_LIMIT", 69)                           # one below: the normal approximation
+    z = (16 - 8 - 0.5) / math.sqrt(16 * 9 / 12)
+    assert stats.mann_whitney_greater([5.0, 6.0, 7.0, 8.0], [1.0, 2.0, 3.0, 4.0])[1] == pytest.approx(
+        0.5 * math.erfc(z / math.sqrt(2)), rel=1e-9)
+    assert stats._mw_p_greater(np.array([16.0]), 4, 4)[0] == pytest.approx(0.5 * math.erfc(z / math.sqrt(2)), rel=1e-9)
+
+
+def test_a_small_arm_beyond_the_exact_limit_uses_the_normal_approximation():
+    """3 vs 100 (C(103, 3) = 176,851 splits): the continuity-corrected normal approximation, one-sided, by
+    hand -- not scipy's 'auto' choice (exact for an arm of <= 8 without ties), nor the two-sided p."""
+    a, b = np.array([50.5, 80.5, 99.5]), np.arange(100.0)
+    u, p = stats.mann_whitney_greater(a, b)
+    assert u == 51 + 81 + 100
+    z = (u - 150 - 0.5) / math.sqrt(300 * 104 / 12)
+    assert p == pytest.approx(0.5 * math.erfc(z / math.sqrt(2)), rel=1e-9)
+    assert stats._mw_p_greater(np.array([u]), 3, 100)[0] == pytest.approx(p, rel=1e-9)
+
+
+def test_power_shift_counts_ties_as_half_and_alpha_margin_are_strict():
+    """sd = 0 makes every difference exactly `shift`, so every data set has the same U and the same upper CI
+    end. 1 vs 1, no shift: the one difference is a tie, U = 1/2 (Mann & Whitney 1947), and the lookup's
+    continuous null gives p = P(U >= 1/2) = P(U = 1) = 1/2: held at alpha 0.6, not at alpha 0.5 (p < alpha).
+    2 vs 2, no shift: U = 2 of 4, p = P(U >= 2) = 4/6. A shift of 1: U = m·n, p = 1/C(m+n, m), no ties."""
+    ps = stats.power_shift
+    assert ps(1, 1, shift=0.0, sd=0.0, margin=-1.0, alpha=0.6, n_sim=5)["p_held"] == 1.0
+    assert ps(1, 1, shift=0.0, sd=0.0, margin=-1.0, alpha=0.5, n_sim=5)["p_held"] == 0.0
+    assert ps(2, 2, shift=0.0, sd=0.0, margin=-1.0, alpha=0.67, n_sim=5)["p_held"] == 1.0
+    assert ps(2, 2, shift=0.0, sd=0.0, margin=-1.0, alpha=0.66, n_sim=5)["p_held"] == 0.0
+    assert ps(2, 2, shift=1.0, sd=0.0, margin=-1.0, alpha=0.17, n_sim=5)["p_held"] == 1.0   # p = 1/6
+    assert ps(2, 2, shift=1.0, sd=0.0, margin=-1.0, alpha=0.16, n_sim=5)["p_held"] == 0.0
+    # 1 vs 1, shift 0.5: p = 1/2, not held at 0.05; the CI's upper end is the difference 0.5 itself, and
+    # "below the margin" is strict: refuted under a margin of 0.6, not under a margin of exactly 0.5
+    assert ps(1, 1, shift=0.5, sd=0.0, margin=0.6, n_sim=5)["p_refuted"] == 1.0
+    assert ps(1, 1, shift=0.5, sd=0.0, margin=0.5, n_sim=5) == {"p_held": 0.0, "p_refuted": 0.0, "p_inconclusive": 1.0}
+
+
+def test_power_shift_defaults_are_2000_sets_from_seed_0():
+    kw = dict(shift=0.6, sd=1.0, margin=0.2)
+    out = stats.power_shift(2, 3, **kw)
+    assert out == stats.power_shift(2, 3, n_sim=2000, seed=0, **kw)
+    rng = np.random.default_rng(0)                                   # the documented draw, by hand
+    a, b = rng.normal(0.6, 1.0, (2000, 2)), rng.normal(0.0, 1.0, (2000, 3))
+    held = [stats.mann_whitney_greater(x, y)[1] < 0.05 for x, y in zip(a, b)]
+    assert out["p_held"] == np.mean(held)
+
+
+def test_binomial_sd_edges_of_n_and_p():
+    assert stats.binomial_sd(0.5, 1) == 0.5                          # one image: sqrt(0.25 / 1)
+    assert stats.binomial_sd(0.0, 10) == 0.0                         # p = 0 is an accuracy, with sd 0
+    assert math.isnan(stats.binomial_sd(-0.1, 10))
+
+
+def test_ols_shape_check_dof_one_and_the_degenerate_fit_fields():
+    with pytest.raises(ValueError, match=r"^X of shape \(4, 2\) does not fit y of 3 values$"):
+        stats.ols([1.0, 2.0, 3.0], np.ones((4, 2)))
+    with pytest.raises(ValueError, match=r"does not fit y of 3 values"):
+        stats.ols([1.0, 2.0, 3.0], np.ones((3, 2, 2)))
+    # dof = 1 (three points, one predictor) is a fit: against scipy's linregress and t_{1, 0.975} = 12.7062...
+    sp = __import__("scipy").stats
+    fit, lr = stats.ols([1.0, 2.0, 4.0], [1.0, 2.0, 3.0]), sp.linregress([1.0, 2.0, 3.0], [1.0, 2.0, 4.0])
+    assert fit.dof == 1 and fit.coef[0] == pytest.approx(1.5) and fit.intercept == pytest.approx(lr.intercept)
+    assert fit.ci[0] == pytest.approx((1.5 - 12.706204736174707 * lr.stderr, 1.5 + 12.706204736174707 * lr.stderr))
+    bad = stats.ols([1.0, 2.0, 4.0], np.column_stack([[1.0, 2.0, 3.0], [0.0, 1.0, 0.0]]))   # dof 0
+    assert bad.n == 3 and bad.dof == 0 and math.isnan(bad.intercept)
+
+
+def test_missing_values_given_as_none_or_narrow_dtypes_are_read_as_float64():
+    """The module computes in float64 whatever it is handed: None (a missing value, e.g. a JSON null) reads as
+    nan and is dropped like one; unsigned integers are not differenced modulo 256; a float32 U is looked up
+    in float64."""
+    np.testing.assert_allclose(stats.holm([0.01, None, 0.04]), [0.02, np.nan, 0.04])
+    np.testing.assert_allclose(stats.benjamini_hochberg([0.01, None, 0.04]), [0.02, np.nan, 0.04])
+    assert stats.ols([1.0, None, 2.0, 4.0, 3.0], [1.0, 2.0, 3.0, 4.0, 5.0]) == stats.ols([1.0, 2.0, 4.0, 3.0],
+                                                                                         [1.0, 3.0, 4.0, 5.0])
+    assert stats.ols([1.0, 5.0, 2.0, 4.0, 3.0], [1.0, None, 3.0, 4.0, 5.0]) == stats.ols([1.0, 2.0, 4.0, 3.0],
+                                                                                         [1.0, 3.0, 4.0, 5.0])
+    f = stats.finite([3, None, 1])
+    assert f.dtype == np.float64 and f.tolist() == [3.0, 1.0]
+    # uint8 5, 3, 4: diffs -2, +1 (median -0.5, |d + 0.5| = 1.5, 1.5), not 254, 1
+    assert stats.robust_noise(np.array([5, 3, 4], dtype=np.uint8)) == pytest.approx(1.4826 * 1.5 / math.sqrt(2))
+    z = (700 - 600 - 0.5) / math.sqrt(1200 * 71 / 12)
+    assert stats._mw_p_greater(np.array([700], dtype=np.float32), 40, 30)[0] == pytest.approx(
+        0.5 * math.erfc(z / math.sqrt(2)), rel=1e-12)
+
+
+def test_hl_rank_at_its_edges_against_enumeration():
+    """The largest rank k <= ceil(mn/2) whose coverage 1 - 2 P(U <= k-1) reaches the level, by enumeration:
+    a level equal to an attainable coverage gets that rank (4 vs 4: P(U <= 2) = 4/70, so 62/70 gives k = 3),
+    and a low level reaches the innermost rank (2 vs 2 at 30%: k = 2, D_(2) = D_(3), coverage 1 - 2·2/6)."""
+    cdf = enumerated_u_cdf(4, 4)
+    assert cdf[2] == pytest.approx(4 / 70)
+    level = 1 - 2 * cdf[2]
+    assert stats._hl_rank(4, 4, level) == (3, pytest.approx(62 / 70))
+    assert stats._hl_rank(4, 4, level + 1e-6)[0] == 2
+    assert stats._hl_rank(2, 2, 0.3) == (2, pytest.approx(1 / 3))
+    assert stats._hl_rank(1, 3, 0.0) == (2, pytest.approx(0.0))     # 1 vs 3: rank 2 of 3, the median
+    est, ci, cov = stats.hodges_lehmann([3.0, 4.0], [1.0, 0.0], level=0.3)   # differences 2, 3, 3, 4
+    assert est == 3.0 and ci == (3.0, 3.0) and cov == pytest.approx(1 / 3)
