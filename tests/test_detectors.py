@@ -247,3 +247,124 @@ def test_surrogate_p_is_uniform_under_its_null():
     assert D._episode_p(250, 15, 0.0, n_surrogates=1999, seed=0) == pytest.approx(1 / 2000)
     assert D._episode_p(250, 2, 0.0, n_surrogates=99, seed=0) == 1.0
 
+
+
+# ---------------------------------------------------------------------------------------------- drop boundaries
+# Noise-free constructed series: robust_noise is 0 wherever most increments are 0, so the bar is DROP alone.
+
+def test_drop_at_the_second_epoch_of_the_shortest_series():
+    # 3 epochs are enough (n < 3 is the only too-short case) and scanning starts at index 1, whose level is
+    # epoch 0 alone: 0.8 -> 0.6 -> 0.8 is a 0.2 drop from start 0, bottom 1, back at 2
+    ev = D.drop_events([0.8, 0.6, 0.8], noise_k=0.0)     # 3 values: their MAD noise is the dip itself
+    assert [(e.start, e.bottom, e.recovered) for e in ev] == [(0, 1, 2)]
+    assert ev[0].depth == pytest.approx(0.2)
+    ev = D.drop_events([0.8, 0.6] + [0.8] * 20)          # default gates: noise 0, level median(a[0:1])
+    assert [(e.start, e.bottom, e.recovered) for e in ev] == [(0, 1, 2)]
+
+
+def test_a_drop_exactly_at_the_bar_is_an_event():
+    # acc[b] <= level - drop (docstring): 0.75 - 0.5 == 0.25 exactly in binary floating point
+    acc = np.full(30, 0.75)
+    acc[10] = 0.5
+    assert [(e.start, e.bottom, e.recovered) for e in D.drop_events(acc, drop=0.25)] == [(9, 10, 11)]
+    assert D.drop_events(acc, drop=0.25 + 1e-9) == []
+
+
+def test_values_exactly_at_level_minus_tolerance_count_as_at_level():
+    # start: the last epoch before b with acc >= level - tolerance; recovered: the first after b with the same
+    at = 0.8 - D.TOLERANCE                                   # the same float the detector compares with
+    acc = np.full(20, 0.8)
+    acc[9], acc[10], acc[11] = at, 0.6, at                   # level at b = 10: median(0.8 x 4, at) = 0.8
+    ev = D.drop_events(acc)
+    assert [(e.start, e.bottom, e.recovered) for e in ev] == [(9, 10, 11)]
+
+
+def test_scan_moves_one_epoch_past_a_drop_that_does_not_recover_in_its_window():
+    # b = 10 (0.6) is not back within 2 epochs (0.6, 0.77); b = 11 (0.6, level still 0.8) is, at 13; b = 12
+    # (0.77) is no drop: the event is found only from b = 11, and spans start 9 .. bottom 10 .. recovered 13
+    acc = np.r_[np.full(10, 0.8), 0.6, 0.6, 0.77, np.full(7, 0.8)]
+    ev = D.drop_events(acc, recover_within=2)
+    assert [(e.start, e.bottom, e.recovered) for e in ev] == [(9, 10, 13)]
+    assert ev[0].depth == pytest.approx(0.2)
+
+
+def test_back_to_back_drops_are_two_events_each_with_its_own_bottom():
+    # 0.6 at 10, back at 11, 0.5 at 12, back at 13: the scan resumes at recovered + 1 = 12, and the first
+    # event's bottom is sought only up to its recovery (not the deeper 12)
+    acc = np.r_[np.full(10, 0.8), 0.6, 0.8, 0.5, np.full(10, 0.8)]
+    ev = D.drop_events(acc)
+    assert [(e.start, e.bottom, e.recovered) for e in ev] == [(9, 10, 11), (11, 12, 13)]
+    assert [e.depth for e in ev] == pytest.approx([0.2, 0.3])
+
+
+def test_drop_sensitivity_window_of_injection_epochs():
+    # b is drawn from [WITHIN, n - DROP_RECOVERY - 1): at n = 12 only b = 5 (drop 5..9, back at 10), at n = 11
+    # none. An injected 0.2 drop on a flat 0.8 is found every time (its noise, 0.042, puts the bar at 0.17).
+    flat = np.full(12, 0.8)
+    assert D.drop_sensitivity(flat, depth=0.2) == 1.0
+    assert D.drop_sensitivity(flat[:11], depth=0.2) is None
+
+
+def test_drop_sensitivity_counts_a_bottom_exactly_coincidence_window_away():
+    # n = 12: b = 5. A natural dip to 0.55 at 7 makes the event's bottom 7 (0.55 - 0.12 < 0.6): 2 epochs
+    # from the injected bottom, within COINCIDENCE_WINDOW = 2, so found in every trial
+    acc = np.full(12, 0.8)
+    acc[7] = 0.55
+    assert D.drop_sensitivity(acc, depth=0.2) == 1.0
+
+
+def test_drop_sensitivity_default_depth_on_a_noiseless_series():
+    # noise 0: depth = DROP + NOISE_K x 0 = DROP, the bar itself (0.8 - (0.8 - 0.05) = 0.05 + 4e-17 >= 0.05)
+    flat = np.full(12, 0.8)
+    assert D.drop_sensitivity(flat) == D.drop_sensitivity(flat, depth=D.DROP) == 1.0
+
+
+def test_drop_sensitivity_default_seed_is_zero():
+    # n = 13, b in {5, 6}: b = 6 leaves no epoch >= 0.79 after its regain (0.7, 0.7 at 11, 12), so the fraction
+    # is the share of b = 5 among the 50 draws of the documented generator, default_rng(seed=0)
+    acc = np.r_[np.full(11, 0.8), 0.7, 0.7]
+    expected = np.mean(np.random.default_rng(0).integers(5, 7, D.DROP_SENSITIVITY_TRIALS) == 5)
+    assert D.drop_sensitivity(acc, depth=0.2) == D.drop_sensitivity(acc, depth=0.2, seed=0) == expected
+    assert expected != np.mean(np.random.default_rng(1).integers(5, 7, D.DROP_SENSITIVITY_TRIALS) == 5)
+
+
+# ---------------------------------------------------------------------------------------------- coincidence null
+
+def _one_event_run():
+    # run of 10 epochs, event start 4 .. bottom 5 (span 1), one spike at 5, window 2: observed coincident.
+    # Null: start uniform in [0, 10 - 1) = 0..8, coincident iff 5 in [start - 2, start + 1 + 2], i.e. start
+    # 2..7: probability 6/9 (the spike at the window's upper end at start 2, at its lower end at start 7)
+    return {"a": [D.DropEvent(4, 5, 8, 0.1)]}, {"a": [5]}, {"a": 10}
+
+
+def test_coincidence_p_matches_the_hand_counted_null():
+    n_perm = 9999                                        # binomial sd of p ~0.005
+    co = D.coincidence(*_one_event_run(), n_perm=n_perm, seed=3)
+    assert (co.n_events, co.n_coincident, co.fraction) == (1, 1, 1.0)
+    assert co.p == pytest.approx(6 / 9, abs=0.02)
+    # two such runs, both coincident: the null counts coincident events over both, p = P(both) = (6/9)^2
+    ev, sp, n = _one_event_run()
+    co = D.coincidence({**ev, "b": ev["a"]}, {**sp, "b": sp["a"]}, {**n, "b": 10}, n_perm=n_perm, seed=3)
+    assert (co.n_events, co.n_coincident) == (2, 2)
+    assert co.p == pytest.approx((6 / 9) ** 2, abs=0.02)
+
+
+def test_coincidence_uses_the_given_window_for_the_observed_count():
+    ev, _, n = _one_event_run()
+    co = D.coincidence(ev, {"a": [6]}, n, window=0)      # 6 is outside [4, 5]: nothing observed, p = 1
+    assert (co.n_coincident, co.fraction, co.p) == (0, 0.0, 1.0)
+
+
+def test_coincidence_without_events_or_without_spikes():
+    none = D.Coincidence(0, 0, None, None)
+    assert D.coincidence({}, {}, {}) == none
+    assert D.coincidence({"a": []}, {"a": [5]}, {"a": 10}) == none
+    ev, _, n = _one_event_run()
+    assert D.coincidence(ev, {}, n) == D.Coincidence(1, 0, 0.0, 1.0)    # a run with no spikes recorded
+
+
+def test_coincidence_defaults_999_permutations_and_seed_zero():
+    co = D.coincidence(*_one_event_run())
+    assert co.p * 1000 == pytest.approx(round(co.p * 1000), abs=1e-9)   # p on the 1/(999 + 1) grid
+    assert co == D.coincidence(*_one_event_run(), n_perm=999, seed=0)
+    assert co.p != D.coincidence(*_one_event_run(), seed=1).p
