@@ -26,16 +26,6 @@ def finite(x) -> np.ndarray:
     return x[np.isfinite(x)]
 
 
-def finite_pairs(x, y) -> tuple[np.ndarray, np.ndarray]:
-    """Paired values with every pair holding a non-finite member dropped."""
-    x = np.asarray(x, dtype=np.float64).ravel()
-    y = np.asarray(y, dtype=np.float64).ravel()
-    if x.shape != y.shape:
-        raise ValueError(f"paired data of different lengths: {x.size} and {y.size}")
-    keep = np.isfinite(x) & np.isfinite(y)
-    return x[keep], y[keep]
-
-
 # ---------------------------------------------------------------------------------------------- rank tests
 
 def mann_whitney_greater(a, b) -> tuple[float, float]:
