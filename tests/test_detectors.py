@@ -368,3 +368,82 @@ def test_coincidence_defaults_999_permutations_and_seed_zero():
     assert co.p * 1000 == pytest.approx(round(co.p * 1000), abs=1e-9)   # p on the 1/(999 + 1) grid
     assert co == D.coincidence(*_one_event_run(), n_perm=999, seed=0)
     assert co.p != D.coincidence(*_one_event_run(), seed=1).p
+
+
+# ---------------------------------------------------------------------------------------------- episodes: every return
+
+def _fields(r):
+    return (r.periodic, r.episodes.tolist(), r.converged, r.period, r.irregularity, r.surrogate_p, r.analysable)
+
+
+def _assert_empty_int_episodes(r):
+    assert isinstance(r.episodes, np.ndarray) and r.episodes.size == 0 and r.episodes.dtype == np.int64
+
+
+def test_episodes_not_analysable_returns_every_field():
+    r = D.episodes([1.0, 0.5], [1, 1], [1, 1])              # 2 finite epochs < CONVERGED_BASE
+    assert _fields(r) == (False, [], None, None, None, None, False)
+    assert r.reason == "too short: 2 finite epochs < 3"
+    _assert_empty_int_episodes(r)
+    # exactly CONVERGED_BASE epochs is not too short: base median 0.5, 0.2 > 0.05, so never converged
+    r = D.episodes([1.0, 0.5, 0.2], [1, 1, 1], [1, 1, 1])
+    assert _fields(r) == (False, [], None, None, None, None, False)
+    assert r.reason == "never converged: train loss never <= 0.1 x its first-epochs median 0.5"
+    _assert_empty_int_episodes(r)
+    # converged at index 3 (0.05 <= 0.1 x 1), then MIN_LENGTH - 1 = 19 epochs: too short; 20 epochs: analysable
+    loss = np.r_[1.0, 1.0, 1.0, np.full(20, 0.05)]
+    rho = 10.0 * np.exp(-0.005 * np.arange(23))
+    r = D.episodes(loss[:22], rho[:22], 0.3 / rho[:22] ** 2)
+    assert _fields(r) == (False, [], 3, None, None, None, False)
+    assert r.reason == "too short: 19 epochs after convergence (index 3) < 20"
+    _assert_empty_int_episodes(r)
+    r = D.episodes(loss, rho, 0.3 / rho**2)                 # a constant loss never rises: no episode
+    assert _fields(r) == (False, [], 3, None, None, None, True)
+    assert r.reason == "0 episodes after convergence at index 3; needs >= 4"
+
+
+def test_episodes_period_and_irregularity_with_fewer_than_min_episodes():
+    loss, rho, elr = quiet_run()                             # converges at index 36
+    r = D.episodes(*D.inject_episodes(loss, rho, elr, [100]))
+    assert _fields(r) == (False, [100], 36, None, None, None, True)       # no interval: no period
+    r = D.episodes(*D.inject_episodes(loss, rho, elr, [100, 150]))
+    assert _fields(r) == (False, [100, 150], 36, 50.0, None, None, True)  # one interval: no irregularity
+    r = D.episodes(*D.inject_episodes(loss, rho, elr, [100, 150, 180]))
+    assert _fields(r)[:4] == (False, [100, 150, 180], 36, 40.0)           # median of 50, 30
+    assert r.irregularity == pytest.approx(np.log(50 / 30))
+    assert (r.surrogate_p, r.analysable) == (None, True)
+    assert r.reason == "3 episodes after convergence at index 36; needs >= 4"
+
+
+def test_exactly_min_episodes_reach_the_surrogate_test():
+    loss, rho, elr = quiet_run()
+    r = D.episodes(*D.inject_episodes(loss, rho, elr, [100, 120, 140, 160]))
+    assert _fields(r) == (True, [100, 120, 140, 160], 36, 20.0, 0.0, 1 / 2000, True)   # the smallest p
+    assert r.reason.startswith("periodic: 4 episodes after convergence at index 36, median period 20 epochs")
+
+
+def test_irregular_and_not_periodic_verdicts_keep_their_fields():
+    times = np.cumsum([50] + [8, 30] * 7)          # 14 of them in 300 epochs: 7 intervals of 8, 6 of 30: median 8
+    r = D.episodes(*D.inject_episodes(*quiet_run(), times))
+    assert (r.periodic, r.period, r.surrogate_p, r.analysable) == (False, 8.0, None, True)
+    loss, rho, elr = quiet_run()
+    r = D.episodes(*D.inject_episodes(loss, rho, elr, np.arange(60, 290, 20)), n_surrogates=19)
+    assert (r.periodic, r.surrogate_p, r.analysable) == (False, 1 / 20, True)
+    assert r.reason.startswith("not periodic: as many episodes at random epochs are as regular: 12 episodes")
+
+
+def test_episodes_default_seed_is_zero():
+    # 4 episodes at intervals 20, 25, 20 (irregularity ln 1.25): p is not at its floor, so depends on the seed
+    l2, r2, e2 = D.inject_episodes(*quiet_run(), [100, 120, 145, 165])
+    p0 = D.episodes(l2, r2, e2, seed=0).surrogate_p
+    assert D.episodes(l2, r2, e2).surrogate_p == p0 != D.episodes(l2, r2, e2, seed=1).surrogate_p
+
+
+def test_surrogate_p_with_three_episodes_counts_ties_over_all_batches():
+    # n = 250, 3 episodes >= MIN_SPACING = 5 apart: C(241, 3) = 2,303,960 placements, of which equally spaced
+    # (irregularity 0): sum over d = 5..124 of (249 - 2d) = 14,400, a share of 0.00625. 8001 surrogates run
+    # as a batch of 8000 and one of 1: p ~ 0.00625 (sd ~0.0009), the ties at irregularity 0 counted.
+    p = D._episode_p(250, 3, 0.0, n_surrogates=8001, seed=0)
+    assert 0.0035 < p < 0.009
+    assert D._episode_p(250, 3, 0.0, n_surrogates=99, seed=0) < 0.1      # 3 episodes are tested (~1 hit in 99)
+    assert D._episode_p(10, 3, 0.0, n_surrogates=99, seed=0) == 1.0      # 3 do not fit in 10 epochs
