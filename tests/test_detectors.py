@@ -400,6 +400,7 @@ def test_episodes_not_analysable_returns_every_field():
     r = D.episodes(loss, rho, 0.3 / rho**2)                 # a constant loss never rises: no episode
     assert _fields(r) == (False, [], 3, None, None, None, True)
     assert r.reason == "0 episodes after convergence at index 3; needs >= 4"
+    _assert_empty_int_episodes(r)
 
 
 def test_episodes_period_and_irregularity_with_fewer_than_min_episodes():
@@ -447,3 +448,46 @@ def test_surrogate_p_with_three_episodes_counts_ties_over_all_batches():
     assert 0.0035 < p < 0.009
     assert D._episode_p(250, 3, 0.0, n_surrogates=99, seed=0) < 0.1      # 3 episodes are tested (~1 hit in 99)
     assert D._episode_p(10, 3, 0.0, n_surrogates=99, seed=0) == 1.0      # 3 do not fit in 10 epochs
+
+
+def test_surrogate_p_when_a_single_placement_exists():
+    # n = 2·MIN_SPACING + 2 holds 3 episodes only at 1, 6, 11 (irregularity 0): every surrogate ties with an
+    # observed irregularity 0, so p = (1 + 5) / (5 + 1) = 1
+    assert D._episode_p(2 * D.MIN_SPACING + 2, 3, 0.0, n_surrogates=5, seed=0) == 1.0
+
+
+def test_finite_prefix_cuts_at_the_first_non_finite_and_returns_float64():
+    assert D.finite_prefix([0.5, 0.25, np.nan, 0.75, np.inf, 1.0]).tolist() == [0.5, 0.25]
+    assert D.finite_prefix([[0.5], [np.inf]]).tolist() == [0.5]
+    y = D.finite_prefix(np.array([0.1, 0.2], dtype=np.float32))      # torch logs float32
+    assert y.dtype == np.float64 and y.tolist() == [float(np.float32(0.1)), float(np.float32(0.2))]
+    assert D.finite_prefix([1, 2]).dtype == np.float64
+
+
+def test_merge_places_one_epoch_per_chain_of_close_candidates():
+    # log loss 0, +1 from 10, +0.5 from 21, +2 at 29 alone. Candidates 10 and 13 are MERGE_GAP = 3 apart: one
+    # episode, at 10 (the rise of 1); 20 starts a new one placed at 21 (its e+1 rises 0.5, e itself 0); 25,
+    # 5 after 20, ties e and e+1 (both 0): stays at 25; 29, 4 after 25, is the window's last epoch (no e+1):
+    # stays at 29. Indices come back as int64.
+    n = 30
+    l = np.zeros((1, n))
+    l[0, 10:] += 1.0
+    l[0, 21:] += 0.5
+    l[0, 29] += 2.0
+    mask = np.zeros((1, n), dtype=bool)
+    mask[0, [10, 13, 20, 25, 29]] = True
+    (out,) = D._merge(mask, l)
+    assert out.tolist() == [10, 21, 25, 29] and out.dtype == np.int64
+
+
+def test_a_norm_that_only_holds_still_is_no_jump():
+    # a norm decaying 2% per epoch that holds exactly still (increment 0) at each spike: 2% above its drift,
+    # but not above its e-1 value ("above its e-1 value", docstring): no episode
+    loss, rho, elr = quiet_run()
+    times = np.arange(60, 290, 20)
+    l2, _, _ = D.inject_episodes(loss, rho, elr, times)
+    dr = np.full(300, -0.02)
+    dr[times] = 0.0
+    r2 = 10.0 * np.exp(np.cumsum(dr))
+    assert np.all(np.diff(np.log(r2))[times - 1] == 0.0)
+    assert D.episodes(l2, r2, 0.3 / r2**2).episodes.size == 0
