@@ -197,7 +197,9 @@ def power_shift(n_a: int, n_b: int, *, shift: float, sd: float, margin: float, a
     N(0, sd), n_a and n_b values, n_sim data sets (drawn as rng.normal(shift, sd, (n_sim, n_a)) then
     rng.normal(0, sd, (n_sim, n_b)) from default_rng(seed)).
 
-    Returns {"p_held": fraction with one-sided Mann–Whitney p < alpha (mann_whitney_greater's p),
+    Returns {"p_held": fraction with one-sided Mann–Whitney p < alpha (mann_whitney_greater's p for data
+    without ties; the normal data drawn here has ties with probability zero, and a tied U is looked up in the
+    same no-ties null distribution),
     "p_refuted": fraction not held whose Hodges–Lehmann CI (at `level`) has its upper end < margin,
     "p_inconclusive": the rest}. The three are exclusive and sum to 1: a data set both significant and
     below the margin counts as held. The null distribution of U and the CI rank are computed once.
