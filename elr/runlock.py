@@ -64,7 +64,7 @@ class RunLock:
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
         if self.kind == "flock":
-            with _flock(root / f".{name}.lock", block) as mine:
+            with flock(root / f".{name}.lock", block) as mine:
                 yield mine
         else:
             with _lease(root / f".{name}.lease", block, self.lease_seconds) as mine:
@@ -76,7 +76,7 @@ def held(root: str | Path, name: str) -> bool:
     root = Path(root)
     lock, lease = root / f".{name}.lock", root / f".{name}.lease"
     if lock.exists():
-        with _flock(lock, False) as mine:
+        with flock(lock, False) as mine:
             if not mine:
                 return True
     age = _lease_age(lease)
@@ -91,8 +91,9 @@ def lock_files(root: str | Path) -> list[Path]:
 
 # ---------------------------------------------------------------------------------------------- flock
 @contextlib.contextmanager
-def _flock(path: Path, block: bool):
-    """An advisory lock on `path`: held while training; released by the kernel if the holder dies."""
+def flock(path: Path, block: bool):
+    """An advisory lock on `path`: yields whether this process holds it (block=False: False at once if another
+    does); released by the kernel if the holder dies. Opening `path` may raise OSError (an unwritable place)."""
     with open(path, "a+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))

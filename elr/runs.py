@@ -11,17 +11,18 @@ report can be rebuilt from runs made elsewhere. Non-finite floats are stored as 
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
 import os
 import tempfile
-from contextlib import contextmanager
+from collections import Counter
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from .config import ConfigError
+from .runlock import flock
 
 CONFIG, METRICS, CHECKPOINT, SUMMARY = "config.json", "metrics.jsonl", "checkpoint.pt", "summary.json"
 # a run keeps its previous checkpoint while it trains: a pack killed between its runs' checkpoint writes resumes
@@ -44,19 +45,17 @@ class RunDirBusy(RunDirError):
 
 @contextmanager
 def locked(run_dir: str | os.PathLike):
-    """Hold RUN/.lock (an exclusive flock, released by the kernel if the process dies) or raise RunDirBusy
+    """Hold RUN/.lock (runlock.flock: exclusive, released by the kernel if the process dies) or raise RunDirBusy
     at once. The directory must exist; one that cannot be written raises RunDirError."""
     path = Path(run_dir) / LOCK
-    try:
-        f = open(path, "ab")
-    except OSError as e:
-        raise RunDirError(f"cannot write the run directory {run_dir}: {e.strerror or e}") from None
-    with f:
+    with ExitStack() as stack:
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            mine = stack.enter_context(flock(path, block=False))
+        except OSError as e:
+            raise RunDirError(f"cannot write the run directory {run_dir}: {e.strerror or e}") from None
+        if not mine:
             raise RunDirBusy(f"{run_dir} is being trained by another process now (it holds {path}); wait for "
-                             "it to end or stop it, then rerun") from None
+                             "it to end or stop it, then rerun")
         yield
 
 
@@ -212,23 +211,23 @@ def _read_records(run_dir: str | os.PathLike) -> list[dict]:
     return scan_metrics(run_dir)[0]
 
 
-def check_metrics(run_dir: str | os.PathLike) -> None:
+def check_metrics(run_dir: str | os.PathLike) -> list[dict]:
     """Refuse to resume over a damaged line: rewriting the log would drop it, and the lines after it with it
-    in older versions. Raises RunDirError naming the first damaged line."""
-    damaged = scan_metrics(run_dir)[1]
+    in older versions. Raises RunDirError naming the first damaged line; returns the records otherwise."""
+    records, damaged, _ = scan_metrics(run_dir)
     if damaged:
         path = Path(run_dir) / METRICS
         others = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
         number, why = damaged[0]
         raise RunDirError(f"{path} line {number} is damaged ({why}){others}; every other line is intact: "
                           f"repair or delete that line, then rerun to resume")
+    return records
 
 
 def truncate_metrics(run_dir: str | os.PathLike, last_epoch: int) -> list[dict]:
     """Keep the records with epoch <= last_epoch (those the checkpoint covers), rewritten atomically; a torn
     last line goes. Refuses (RunDirError) when a line before the last is damaged."""
-    check_metrics(run_dir)
-    kept = [r for r in _read_records(run_dir) if r["epoch"] <= last_epoch]
+    kept = [r for r in check_metrics(run_dir) if r["epoch"] <= last_epoch]
     data = b"".join((dumps(r) + "\n").encode() for r in kept)
     atomic_write(Path(run_dir) / METRICS, lambda f: f.write(data))
     return kept
@@ -289,7 +288,7 @@ def _gaps(metrics: list[dict], config: dict, summary: dict | None) -> list[str]:
     """What a run's logged epochs lack against each other, its config and its summary: an analysis of them
     would silently see another run than the one the runs table describes."""
     out, epochs = [], [r["epoch"] for r in metrics]
-    twice = sorted({e for e in epochs if epochs.count(e) > 1})
+    twice = sorted(e for e, n in Counter(epochs).items() if n > 1)
     if twice:
         out.append(f"epochs logged more than once: {_epoch_text(twice)}")
     missing = sorted(set(range(1, max(epochs, default=0) + 1)) - set(epochs))
