@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "verdicts into test outcomes.")
     sr.add_argument("--scale", default="smoke", help="smoke (default) | cpu | full (a scale in the design file)")
     sr.add_argument("--design", type=Path, default=None, help="the design file (default: experiments/design.toml "
-                                                               "of this checkout)")
+                                                               "of this checkout, else the installed copy)")
     sr.add_argument("--data", help="override the scale's data: cifar10 | npz:PATH | synthetic")
     sr.add_argument("--seeds", type=int, default=1, help="repeat every configuration with K seeds (default 1)")
     sr.add_argument("--runs-dir", type=Path, default=Path("runs"), help="run directories go to RUNS_DIR/<scale>/ "
@@ -203,15 +203,15 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from . import runs
     from .report import problem_lines
-    from .study import find_studies, rebuild_report
+    from .study import rebuild_report
 
-    for root in find_studies(args.runs_dir):    # on the console too: the report's section is easy to miss
-        for line in problem_lines(runs.load_runs(root)):
+    def warn(root, loaded) -> None:     # on the console too: the report's section is easy to miss
+        for line in problem_lines(loaded):
             print(f"elr: warning: {root}/{line}", file=sys.stderr)
+
     try:
-        made = rebuild_report(args.runs_dir, args.out)
+        made = rebuild_report(args.runs_dir, args.out, on_load=warn)
     except OSError as e:
         raise ConfigError(f"{e.filename or args.out}: {e.strerror or e}; the report needs readable runs and a "
                           "writable --out directory") from None

@@ -345,16 +345,20 @@ def report_dir(base: str | Path, name: str, source: Path) -> Path:
         k += 1
 
 
-def rebuild_report(runs_dir: str | Path, out: str | Path | None = None, *, reports: str | Path = "reports") -> list[Path]:
+def rebuild_report(runs_dir: str | Path, out: str | Path | None = None, *, reports: str | Path = "reports",
+                   on_load=None) -> list[Path]:
     """`python -m elr report PATH`: verdicts and figures from existing run directories, no training, one
     report per study found (find_studies). Default REPORTS: reports/<scale>-<date>/ (report_dir); with
-    `out`, exactly there for one study, out/<scale>-<date>/ for several."""
+    `out`, exactly there for one study, out/<scale>-<date>/ for several. on_load(root, runs) sees each study's
+    loaded runs before its report is written."""
     from .report import write_report
 
     studies = find_studies(runs_dir)
     made = []
     for root in studies:
         loaded = rundir.load_runs(root)
+        if on_load is not None:
+            on_load(root, loaded)
         info = meta(loaded)
         name = f"{info['scale'].replace(', ', '+')}-{info['date']}"
         target = Path(out) if out and len(studies) == 1 else report_dir(out or reports, name, root)
