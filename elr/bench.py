@@ -40,6 +40,7 @@ from . import runs
 from .config import PRECISIONS, ConfigError, RunConfig, check_device
 from .data import SYNTHETIC_TEST, SYNTHETIC_TRAIN, Data, n_batches
 from .models import MODELS, build_model
+from .progress import duration
 
 BATCH = 128                      # the design's batch (experiments/design.toml batch_size)
 MODEL_EPOCH = 50_000             # one epoch of the full study: CIFAR-10's training split (Krizhevsky 2009)
@@ -627,16 +628,6 @@ def projection(rows: list[dict], flops_per_image: dict, path: Path | None = None
     return out
 
 
-def _duration(hours: float) -> str:
-    if hours < 1:
-        return f"{hours * 60:.1f} min"
-    if hours < 48:
-        return f"{hours:.1f} h"
-    if hours < 24 * 730:
-        return f"{hours / 24:,.0f} days"
-    return f"{hours / 24 / 365:,.0f} years"
-
-
 def _cell(value, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
@@ -701,16 +692,16 @@ def report_text(result: dict) -> str:
             if not p["measured_runs"]:
                 lines.append(f"  {scale}: " + ", ".join(f"model {m} not measured" for m in p["missing"]))
                 continue
-            text = f"  {scale}: {p['measured_runs']}/{p['runs']} runs, {_duration(p['serial_hours'])} serial"
+            text = f"  {scale}: {p['measured_runs']}/{p['runs']} runs, {duration(p['serial_hours'] * 3600)} serial"
             if p["workers"] > 1:
-                text += f", {_duration(p['hours'])} with -n {p['workers']} workers"
+                text += f", {duration(p['hours'] * 3600)} with -n {p['workers']} workers"
             text += f" [{used or 'nothing measured'}]"
             if p["missing"]:
                 text += "; " + ", ".join(f"model {m} not measured" for m in p["missing"])
             if "packed" in p:
                 q = p["packed"]
-                text += f"; packed: {_duration(q['serial_hours'])} serial" + (
-                    f", {_duration(q['hours'])} with -n {q['workers']}" if q["workers"] > 1 else "") + " [" + ", ".join(
+                text += f"; packed: {duration(q['serial_hours'] * 3600)} serial" + (
+                    f", {duration(q['hours'] * 3600)} with -n {q['workers']}" if q["workers"] > 1 else "") + " [" + ", ".join(
                     f"{m} {u['mode']}" for m, u in q["models"].items()) + "]"
             lines.append(text)
     load = result.get("load") or {}

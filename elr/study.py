@@ -25,6 +25,7 @@ import numpy as np
 
 from . import runs as rundir
 from .config import ConfigError, RunConfig, load_mapping
+from .progress import duration
 from .runlock import RunLock, lock_files
 
 DESIGN_KEYS = {"batch_size", "elr", "baseline", "sgd", "controls", "scales"}
@@ -247,10 +248,10 @@ class StudyProgress:
         total = sum(self.epochs.values())
         elapsed = time.monotonic() - self.started
         rate = (done - self.done_at_start) / elapsed if elapsed > 0 else 0.0
-        eta = f", ETA {_duration((total - done) / rate)}" if rate > 0 and done < total else ""
+        eta = f", ETA {duration((total - done) / rate)}" if rate > 0 and done < total else ""
         now = f"; training {', '.join(running)}" if running else ""
         return (f"elr study {self.label}: {ended}/{len(self.epochs)} runs done, {done}/{total} epochs, "
-                f"{_duration(elapsed)} elapsed{eta}{now}")
+                f"{duration(elapsed)} elapsed{eta}{now}")
 
     def _write(self, text: str, final: bool = False) -> None:
         self.stream.write(("\r" + text + "\x1b[K" + ("\n" if final else "")) if self.tty else text + "\n")
@@ -268,11 +269,6 @@ class StudyProgress:
         self._stop.set()
         self._thread.join(timeout=5)
         self._write(self.line(), final=True)
-
-
-def _duration(seconds: float) -> str:
-    s = int(round(seconds))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
 def fresh(root: str | Path) -> None:

@@ -32,6 +32,7 @@ from .config import ConfigError, RunConfig
 from .data import Data, DataError, batch_indices, load_data, n_batches
 from .models import build_model, scale_invariant_params
 from .optim import build_optimizer, build_schedule, param_groups
+from .progress import duration
 from .rule import angle_between, effective_lr, global_norm, rule_lr, si_rate
 from .theory import relaxation_steps
 
@@ -690,23 +691,6 @@ def summarize(records: list[dict], cfg: RunConfig, diverged_epoch: int | None) -
         "steps": last.get("step", 0), "finished": diverged_epoch is None, "diverged": diverged_epoch is not None,
         "diverged_epoch": diverged_epoch, "wall_time": last.get("wall_time"),
     }
-
-
-def duration(seconds: float) -> str:
-    """A time as a person reads it: 42 s, 12 min, 3 h 12 min, 2 d 5 h, 5,311 d (an ETA of 458,912,242 s says
-    nothing at a glance)."""
-    if not math.isfinite(seconds):
-        return "?"
-    s = max(0, int(round(seconds)))
-    if s < 100:
-        return f"{s} s"
-    minutes, hours = s // 60, s // 3600
-    if hours == 0:
-        return f"{minutes} min"
-    if hours < 24:
-        return f"{hours} h {minutes % 60} min"
-    days = hours // 24
-    return f"{days} d {hours % 24} h" if days < 10 else f"{days:,} d"
 
 
 class Progress:

@@ -396,7 +396,7 @@ def test_out_that_cannot_be_a_run_directory(tmp_path, capsys, monkeypatch):
 
 # ---------------------------------------------------------------------------------- smaller: ETA, Ctrl-C at start-up
 def test_durations_read_as_a_person_reads_them():
-    from elr.train import duration
+    from elr.progress import duration
 
     assert [duration(s) for s in (42, 720, 11_520, 190_800, 458_912_242, float("inf"))] == \
         ["42 s", "12 min", "3 h 12 min", "2 d 5 h", "5,311 d", "?"]
