@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 
-from elr import claims
+from elr import claims, runs
 from elr.runs import Run, load_runs
 from elr.verdict import HELD, INCONCLUSIVE, REFUTED, Verdict
 
@@ -331,3 +331,113 @@ def test_h6_interval_is_95_percent_of_the_test_split_noise(monkeypatch):
     lo, hi = v.ci
     assert (hi - lo) / 2 == pytest.approx(1.959964 * math.sqrt(var), rel=0.02)
     assert (lo + hi) / 2 == pytest.approx(v.effect, abs=0.1 * math.sqrt(var))
+
+
+# ------------------------------------------------------------------------------------------- chance
+def test_a_diverged_runs_chance_level_is_its_datas(tmp_path, monkeypatch):
+    path = fakeruns.write_run(tmp_path, "hundred", epochs=20, diverged_epoch=10)
+    labels = np.arange(100).repeat(2)
+    np.savez(tmp_path / "c100.npz", x_train=np.zeros((200, 4, 4, 3), np.uint8), y_train=labels,
+             x_test=np.zeros((100, 4, 4, 3), np.uint8), y_test=np.arange(100))
+
+    def with_config(**changes):
+        config = {**json.loads((path / runs.CONFIG).read_text()), **changes}
+        runs.write_json(path / runs.CONFIG, config)
+        return runs.Run(path)
+
+    assert claims.chance(with_config(data="synthetic")) == pytest.approx(0.1)
+    run = with_config(data=f"npz:{tmp_path / 'c100.npz'}")
+    assert claims.chance(run) == pytest.approx(0.01)
+    assert claims.final_accuracy(run) == pytest.approx(0.01)
+    monkeypatch.chdir(tmp_path)                                        # a relative npz:PATH, as the cpu study's
+    assert claims.chance(with_config(data="npz:c100.npz")) == pytest.approx(0.01)
+    config = json.loads((path / runs.CONFIG).read_text())
+    assert claims.chance(with_config(data="npz:gone.npz", env={**config["env"], "num_classes": 100})) == \
+        pytest.approx(0.01)                                            # recorded by the trainer: that count
+    assert claims.chance(with_config(data="npz:gone.npz", env={})) == pytest.approx(1 / claims.N_CLASSES)
+    assert claims.chance(with_config(data="npz:gone.npz", env={}, num_classes=100)) == \
+        pytest.approx(0.01)                                            # a config that states it at the top level
+
+
+# ------------------------------------------------------------------------------- the claims' small parts, alone
+def test_interval_verdict_holds_inside_refutes_entirely_outside_and_a_touching_interval_stays_open():
+    lo, hi = -1.0, 1.0
+    cases = {(-1.0, 1.0): HELD,             # both ends inclusive: an interval equal to the margin is inside it
+             (-0.5, 0.5): HELD,
+             (-2.0, 0.0): INCONCLUSIVE,     # straddles lo
+             (0.5, 3.0): INCONCLUSIVE,      # straddles hi
+             (-3.0, -1.0): INCONCLUSIVE,    # touches lo: not entirely outside
+             (1.0, 3.0): INCONCLUSIVE,      # touches hi
+             (-3.0, -2.0): REFUTED,
+             (2.0, 3.0): REFUTED,
+             (-3.0, 3.0): INCONCLUSIVE}
+    assert {ci: claims._interval_verdict(ci, lo, hi) for ci in cases} == cases
+    assert claims._interval_verdict(None, lo, hi) == INCONCLUSIVE
+
+
+def test_percentages_read_as_the_report_prints_them():
+    assert [claims._pc(x) for x in (0.1234, 0.0, 1.0)] == ["12.3%", "0.0%", "100.0%"]
+    assert [claims._pc(x) for x in (None, math.nan, math.inf)] == ["n/a"] * 3
+
+
+def test_only_the_elr_arm_and_the_controls_pay_for_the_episode_sensitivity(monkeypatch):
+    asked = {}
+    monkeypatch.setattr(claims, "analyse", lambda run, sensitivity: asked.setdefault(run.name, sensitivity))
+    runs = [FakeRun(g, g) for g in ("elr", "control", "sgd", "baseline")]
+    assert set(claims.analyses(runs)) == {"elr", "control", "sgd", "baseline"}
+    assert asked == {"elr": True, "control": True, "sgd": False, "baseline": False}
+
+
+def test_drop_events_go_back_from_epochs_to_positions_field_by_field():
+    a = analysis(drops={"events": [[12, 15, 21, 0.25], [40, 41, 43, 0.5]]})
+    assert claims._events(a) == [claims.detectors.DropEvent(11, 14, 20, 0.25),
+                                 claims.detectors.DropEvent(39, 40, 42, 0.5)]
+
+
+def _spread_by_hand(a, b, groups):
+    """mean over λ groups of sd(SGD) - sd(ELR), with the standard library's sample sd (n - 1)."""
+    import statistics
+    return statistics.fmean(statistics.stdev([b[i] for i in g]) - statistics.stdev([a[i] for i in g]) for g in groups)
+
+
+def _exchange_p_by_hand(a, b, groups):
+    """Every subset of cells swapped, one at a time: the fraction with a spread difference >= the observed."""
+    import itertools
+    cells = [int(i) for g in groups for i in g]
+    observed = _spread_by_hand(a, b, groups)
+    hits = total = 0
+    for swap in itertools.product((False, True), repeat=len(cells)):
+        x, y = list(a), list(b)
+        for i, s in zip(cells, swap):
+            if s:
+                x[i], y[i] = b[i], a[i]
+        hits += _spread_by_hand(x, y, groups) >= observed - 1e-12
+        total += 1
+    return hits / total, total
+
+
+def test_h6_exchange_p_is_the_enumerated_swap_distribution():
+    rng = np.random.default_rng(3)
+    groups = [np.array([0, 1, 2]), np.array([3, 4, 5, 6])]
+    for scale in (1.0, 3.0):    # equal spreads, and an SGD arm spread 3x wider
+        a, b = rng.normal(size=7), scale * rng.normal(size=7)
+        diff = claims._spread_difference(a, b, groups)
+        assert isinstance(diff, float) and diff == pytest.approx(_spread_by_hand(a, b, groups), abs=1e-12)
+        p, n = claims._exchange_p(a, b, groups)
+        assert (p, n) == pytest.approx(_exchange_p_by_hand(a, b, groups), abs=1e-12)
+
+
+def test_h6_power_is_the_documented_simulation():
+    """_h6_power's procedure restated (per λ, ELR cells ~ N(0, sd), SGD cells ~ N(0, 2 sd), default_rng(0), drawn
+    in that order), with the exchange p computed by enumeration: the same fraction of p < 0.05."""
+    groups, sds, n_sim = [np.array([0, 1, 2]), np.array([3, 4, 5])], [0.02, 0.05], 30
+    rng = np.random.default_rng(0)
+    hits = 0
+    for _ in range(n_sim):
+        a, b = np.zeros(6), np.zeros(6)
+        for g, sd in zip(groups, sds):
+            a[g] = sd * rng.standard_normal(g.size)
+            b[g] = 2 * sd * rng.standard_normal(g.size)
+        hits += _exchange_p_by_hand(a, b, groups)[0] < 0.05
+    power = claims._h6_power(sds, groups, 6, n_sim=n_sim)
+    assert power == hits / n_sim and 0 < power < 1

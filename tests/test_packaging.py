@@ -1,21 +1,18 @@
 """Packaging and the pytest layer: the study plugin's `-m` parsing, its staying inert outside the study, one
 registration with the entry point and the checkout's conftest, one source for the version, the extras the
-README names, CI's install and exit status, and a diverged run's chance level from its data's classes."""
+README names, CI's install and exit status (a diverged run's chance level: tests/test_claims.py)."""
 
-import json
 import os
 import re
 import shutil
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import elr
-from elr import claims, pytest_plugin, runs
+from elr import pytest_plugin
 from elr.pytest_plugin import FULL_MARKS, MARKERS, selects_long, study_dir_for
 
 try:
@@ -202,29 +199,3 @@ def test_ci_runs_the_readmes_quickstart():
     ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()
           if line.strip() and not line.startswith("#")]
     assert commands[1:] == ci[-2:]          # the install and the test command, verbatim
-
-
-# ------------------------------------------------------------------------------------------- chance
-def test_a_diverged_runs_chance_level_is_its_datas(tmp_path, monkeypatch):
-    import fakeruns
-
-    path = fakeruns.write_run(tmp_path, "hundred", epochs=20, diverged_epoch=10)
-    labels = np.arange(100).repeat(2)
-    np.savez(tmp_path / "c100.npz", x_train=np.zeros((200, 4, 4, 3), np.uint8), y_train=labels,
-             x_test=np.zeros((100, 4, 4, 3), np.uint8), y_test=np.arange(100))
-
-    def with_config(**changes):
-        config = {**json.loads((path / runs.CONFIG).read_text()), **changes}
-        runs.write_json(path / runs.CONFIG, config)
-        return runs.Run(path)
-
-    assert claims.chance(with_config(data="synthetic")) == pytest.approx(0.1)
-    run = with_config(data=f"npz:{tmp_path / 'c100.npz'}")
-    assert claims.chance(run) == pytest.approx(0.01)
-    assert claims.final_accuracy(run) == pytest.approx(0.01)
-    monkeypatch.chdir(tmp_path)                                        # a relative npz:PATH, as the cpu study's
-    assert claims.chance(with_config(data="npz:c100.npz")) == pytest.approx(0.01)
-    config = json.loads((path / runs.CONFIG).read_text())
-    assert claims.chance(with_config(data="npz:gone.npz", env={**config["env"], "num_classes": 100})) == \
-        pytest.approx(0.01)                                            # recorded by the trainer: that count
-    assert claims.chance(with_config(data="npz:gone.npz", env={})) == pytest.approx(1 / claims.N_CLASSES)
