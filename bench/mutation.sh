@@ -32,7 +32,7 @@ declare -A MAP=(
     [data]="tests/test_data.py"
     [detectors]="tests/test_detectors.py tests/test_calibration.py"
     [stats]="tests/test_stats.py tests/test_calibration.py tests/test_detectors.py"
-    [claims]="tests/test_claims.py tests/test_report.py"
+    [claims]="tests/test_claims.py"   # not test_report.py: its end-to-end evaluate_all costs ~75 s a surviving mutant
 )
 MODULES=("$@")
 [ ${#MODULES[@]} -eq 0 ] && MODULES=("${ALL[@]}")
