@@ -441,3 +441,19 @@ def test_h6_power_is_the_documented_simulation():
         hits += _exchange_p_by_hand(a, b, groups)[0] < 0.05
     power = claims._h6_power(sds, groups, 6, n_sim=n_sim)
     assert power == hits / n_sim and 0 < power < 1
+
+
+# ------------------------------------------------------------------------------- the planted study, word for word
+def test_the_planted_studys_verdicts_are_the_reviewed_ones(tmp_path):
+    """Every claim on the planted study (tests/planted.py, all six decided; ~2 s): each verdict's statistic, p,
+    CI, runs, details (what the report reads) and reason (what a reader reads) equal the reviewed snapshot
+    tests/planted_verdicts.json. ELR_UPDATE_SNAPSHOTS=1 rewrites it: review the diff."""
+    import planted
+    from elr.report import verdict_json
+
+    planted.write_planted_study(tmp_path)
+    runs = load_runs(tmp_path)
+    verdicts = claims.evaluate_all(runs)
+    assert {v.id: v.verdict for v in verdicts} == {"H1": REFUTED, "H2": HELD, "H3": HELD, "H4": HELD, "H5": HELD,
+                                                  "H6": HELD}
+    planted.check_or_update(planted.VERDICTS, planted.jsonable([verdict_json(v) for v in verdicts]))
