@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from elr import detectors as D
+from elr import stats
 
 
 # ---------------------------------------------------------------------------------------------- drop and recovery
@@ -491,3 +492,152 @@ def test_a_norm_that_only_holds_still_is_no_jump():
     r2 = 10.0 * np.exp(np.cumsum(dr))
     assert np.all(np.diff(np.log(r2))[times - 1] == 0.0)
     assert D.episodes(l2, r2, 0.3 / r2**2).episodes.size == 0
+
+
+# ---------------------------------------------------------------------------------------------- helpers' contracts
+
+def test_a_spike_exactly_window_epochs_before_the_start_coincides():
+    # [start - window, bottom + window] is closed at both ends: event 10..12, window 2 -> spikes 8..14
+    ev = D.DropEvent(10, 12, 15, 0.1)
+    assert D.coincides(ev, [8]) and D.coincides(ev, [14])
+    assert not D.coincides(ev, [7]) and not D.coincides(ev, [15])
+
+
+def test_joint_prefix_returns_float64_logs_and_ends_at_an_elr_of_zero():
+    # torch logs float32: the logs are taken in float64 of the float32 values (float32 logs carry ~1e-7 error)
+    x = np.array([2.3, 0.7, 0.05, 0.3], dtype=np.float32)
+    for got in D._joint_prefix(x, x, x):
+        assert got.dtype == np.float64 and np.array_equal(got, np.log(x.astype(np.float64)))
+    # an ELR <= 0 is invalid and ends the prefix (docstring), an ELR of exactly 0 included
+    ones = np.ones(5)
+    q = np.array([1.0, 1.0, 0.0, 1.0, 1.0])
+    assert [y.size for y in D._joint_prefix(ones, ones, q)] == [2, 2, 2]
+
+
+def test_converged_at_exactly_a_tenth_and_with_exactly_the_base_epochs():
+    # "train loss <= 0.1 x the median of the first 3": 0.1 x 1 is log(0.1) == 0 + log(0.1) exactly, so it counts
+    assert D._converged(np.log(np.r_[1.0, 1.0, 1.0, 0.1, 0.1])) == 3
+    assert D._converged(np.log(np.r_[1.0, 1.0, 1.0, 0.11])) is None
+    # 3 epochs are enough to converge (median 1, the third at 0.05): episodes says too short *after* index 2
+    assert D._converged(np.log([1.0, 1.0, 0.05])) == 2
+    r = D.episodes([1.0, 1.0, 0.05], [1, 1, 1], [1, 1, 1])
+    assert r.converged == 2 and r.reason == "too short: 1 epochs after convergence (index 2) < 20"
+
+
+def test_rolling_median_of_integers_of_nd_input_and_of_a_series_as_long_as_its_window():
+    # integers: a truncated end window of even length has a half-integer median (median of 0, 1 is 0.5)
+    m = D._rolling_median(np.array([0, 1, 5, 5, 5, 5]), 3)
+    assert m.tolist() == [0.5, 1.0, 5.0, 5.0, 5.0, 5.0]
+    # any number of leading axes: each last-axis row is filtered alone and the shape is kept
+    x = np.random.default_rng(2).standard_normal((2, 3, 20))
+    m = D._rolling_median(x, 5)
+    assert m.shape == x.shape
+    for i in range(2):
+        for j in range(3):
+            assert np.array_equal(m[i, j], [np.median(x[i, j, max(0, e - 2): e + 3]) for e in range(20)])
+    # n == w: the middle entry's window is the whole series (the only entry not at a truncated end)
+    x = np.random.default_rng(3).standard_normal(15)
+    assert np.array_equal(D._rolling_median(x, 15), [np.median(x[max(0, e - 7): e + 8]) for e in range(15)])
+
+
+def test_one_sided_scale_is_hampels_sd_for_gaussian_noise_and_counts_zeros_as_low():
+    # derived (docstring): 1.4826 x the median |ex| over ex <= 0 estimates the sd of symmetric Gaussian noise
+    z = np.random.default_rng(0).standard_normal(100_000)
+    assert D._one_sided_scale(3.0 * z, 0.0) == pytest.approx(3.0, rel=0.02)
+    assert D._one_sided_scale(3.0 * z, 10.0) == 10.0                      # floored
+    # entries exactly 0 are on the low side: |ex| of {0, 0, 0, -1} has median 0 (not 1 over {-1} alone)
+    assert D._one_sided_scale(np.array([0.0, 0.0, 0.0, -1.0, 2.0]), 0.0) == 0.0
+    assert D._one_sided_scale(np.array([-1.0, -1.0, 0.0, 2.0]), 0.0) == pytest.approx(1.4826)
+
+
+def _blips(n, at, size):
+    """A log norm flat at 0 but for one-epoch blips of `size` at epochs at + 1 (increment `at` rises by size,
+    increment at + 1 falls back): exact increments, so the excess over the drift (median 0) is size exactly."""
+    r = np.zeros(n)
+    r[np.asarray(at) + 1] = size
+    return r
+
+
+def _loss_noise_without(dl, jumps):
+    # the documented rule: robust_noise of the increments more than NORM_SPAN + 1 = 4 from every norm jump, or
+    # of all of them if fewer than MIN_LENGTH are that quiet
+    near = {i for j in jumps for i in range(j - 4, j + 5) if 0 <= i < dl.size}
+    quiet = [i for i in range(dl.size) if i not in near]
+    d = dl[quiet] if len(quiet) >= D.MIN_LENGTH else dl
+    return stats.robust_noise(np.r_[0.0, np.cumsum(d)])        # the series whose increments are d
+
+
+@pytest.mark.parametrize("n, jumps", [
+    (60, [1, 30]),              # near the start: increments 0..5 (clipped at 0) and 26..34 left out
+    (60, [57]),                 # near the end: 53..58 (clipped at the last increment)
+    (57, [4, 13, 22, 31]),      # 0..35 left out, exactly MIN_LENGTH = 20 quiet: those are used
+    (56, [4, 13, 22, 31]),      # 19 quiet: all increments are used
+])
+def test_noise_scales_loss_noise_leaves_out_increments_near_a_norm_jump(n, jumps):
+    # a norm jump is an excess >= k x sigma_r: here exactly at that bar (sigma_r at its floor: the rest is flat)
+    rng = np.random.default_rng(n + len(jumps))
+    l = np.r_[0.0, np.cumsum(-0.05 + 0.1 * rng.standard_normal(n - 1))]     # a falling log loss: median dl != 0
+    r = _blips(n, jumps, D.EPISODE_K * D.NORM_NOISE_FLOOR)
+    sigma_l, sigma_r, sigma_q = D._noise_scales(l, r, np.zeros(n))
+    assert (sigma_r, sigma_q) == (D.NORM_NOISE_FLOOR, D.ELR_NOISE_FLOOR)
+    assert sigma_l == pytest.approx(_loss_noise_without(np.diff(l), jumps), rel=1e-9)
+    all_used = n == 56
+    assert (sigma_l == pytest.approx(stats.robust_noise(l), rel=1e-9)) == all_used   # leaving out matters
+
+
+def test_noise_scales_elr_sd_is_twice_the_norms_at_a_fixed_lr():
+    # log ELR = log lr - 2 log rho: the ELR's excess below its drift is twice the norm's above it, so its
+    # one-sided scale (away from drops) is twice the norm's (away from jumps), jumps every 10 epochs or not
+    rng = np.random.default_rng(4)
+    dr = -0.005 + 0.01 * rng.standard_normal(299)
+    dr[::10] += 0.1
+    r = np.r_[0.0, np.cumsum(dr)]
+    _, sigma_r, sigma_q = D._noise_scales(np.zeros(300), r, np.log(0.3) - 2.0 * r)
+    assert sigma_r > 5 * D.NORM_NOISE_FLOOR and sigma_q == pytest.approx(2.0 * sigma_r, rel=1e-9)
+
+
+def test_span_max_sums_the_excess_over_up_to_three_epochs_per_row():
+    # brute force of the docstring: at e >= 1, max over j < NORM_SPAN of ex[e-1] + ... + ex[e-1+j] (truncated)
+    ex = np.random.default_rng(5).standard_normal((2, 9))
+    got = D._span_max(ex, 10)
+    assert got.shape == (2, 10) and np.all(got[:, 0] == -np.inf)
+    for row in range(2):
+        for e in range(1, 10):
+            sums = [ex[row, e - 1: e + j].sum() for j in range(D.NORM_SPAN) if e - 1 + j < 9]
+            assert got[row, e] == pytest.approx(max(sums), abs=1e-12)
+    assert D._span_max(np.ones((1, 5)), 6).tolist() == [[-np.inf, 3.0, 3.0, 3.0, 2.0, 1.0]]
+
+
+def _step_window(n, e, loss_step, norm_step, elr_step):
+    """One row, flat but for steps at epoch e (l, r up; q down): exact increments, drift (median) 0."""
+    l, r, q = np.zeros((1, n)), np.zeros((1, n)), np.zeros((1, n))
+    l[0, e:], r[0, e:], q[0, e:] = loss_step, norm_step, -elr_step
+    return l, r, q
+
+
+def test_candidates_exactly_at_each_bar_pass_and_just_below_fail():
+    # loss rise >= max(ln 1.5, LOSS_K sigma_l), norm excess >= k sigma_r, ELR excess below >= k sigma_q: all ">="
+    bars = (D.MIN_LOSS_JUMP, D.EPISODE_K * D.NORM_NOISE_FLOOR, D.EPISODE_K * D.ELR_NOISE_FLOOR)
+    scales = (0.0, D.NORM_NOISE_FLOOR, D.ELR_NOISE_FLOOR)
+    mask = D._candidates(*_step_window(30, 15, *bars), *scales)
+    assert np.flatnonzero(mask[0]).tolist() == [14, 15]             # e and e-1 (its window e-1..e+1 holds e)
+    for i in range(3):
+        below = list(bars)
+        below[i] = np.nextafter(bars[i], 0.0)
+        assert not D._candidates(*_step_window(30, 15, *below), *scales).any(), i
+
+
+def test_candidates_at_the_last_epoch_need_a_loss_rise_there():
+    # the loss window e..e+1 is truncated at the end: at e = n-1 only l[n-1] - l[n-2] counts, and no rise is
+    # no candidate however large the norm jump and ELR drop
+    bars = (1.0, 0.05, 0.1)
+    scales = (0.0, D.NORM_NOISE_FLOOR, D.ELR_NOISE_FLOOR)
+    assert np.flatnonzero(D._candidates(*_step_window(30, 29, *bars), *scales)[0]).tolist() == [28, 29]
+    assert not D._candidates(*_step_window(30, 29, 0.0, *bars[1:]), *scales).any()
+
+
+def test_search_uses_its_k():
+    # norm and ELR steps of 3 x their sds: found at k = 2.5, not at the default EPISODE_K = 5
+    l, r, q = _step_window(30, 15, 1.0, 3 * D.NORM_NOISE_FLOOR, 3 * D.ELR_NOISE_FLOOR)
+    assert D._search(l, r, q, 0.0, D.NORM_NOISE_FLOOR, D.ELR_NOISE_FLOOR)[0].size == 0
+    assert D._search(l, r, q, 0.0, D.NORM_NOISE_FLOOR, D.ELR_NOISE_FLOOR, k=2.5)[0].tolist() == [15]
