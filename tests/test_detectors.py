@@ -641,3 +641,107 @@ def test_search_uses_its_k():
     l, r, q = _step_window(30, 15, 1.0, 3 * D.NORM_NOISE_FLOOR, 3 * D.ELR_NOISE_FLOOR)
     assert D._search(l, r, q, 0.0, D.NORM_NOISE_FLOOR, D.ELR_NOISE_FLOOR)[0].size == 0
     assert D._search(l, r, q, 0.0, D.NORM_NOISE_FLOOR, D.ELR_NOISE_FLOOR, k=2.5)[0].tolist() == [15]
+
+
+# ---------------------------------------------------------------------------------------------- sensitivity
+
+def test_placements_of_one_episode_are_uniform_over_the_window():
+    # k = 1 fits wherever the detector can place an episode, positions 1..n-1, each equally likely
+    ep = D._placements(10, 1, 9000, np.random.default_rng(0))
+    assert ep.shape == (9000, 1)
+    _, counts = np.unique(ep, return_counts=True)
+    assert np.unique(ep).tolist() == list(range(1, 10)) and np.all(np.abs(counts / 9000 - 1 / 9) < 0.015)
+
+
+def test_placements_take_the_slots_of_the_k_smallest_uniform_keys():
+    # derived: each row's k slots are those of its k smallest i.i.d. uniform keys, so every k-subset of the
+    # slots is equally likely; checked against a full argsort of the same keys, at a k (100 of 400 slots)
+    # where a partial selection that is not exactly the k smallest shows
+    n, k, m = 400 + 99 * (D.MIN_SPACING - 1) + 1, 100, 2000
+    keys = np.random.default_rng(7).random((m, 400))
+    expected = np.sort(np.argsort(keys, axis=1)[:, :k], axis=1) + np.arange(k) * (D.MIN_SPACING - 1) + 1
+    assert np.array_equal(D._placements(n, k, m, np.random.default_rng(7)), expected)
+
+
+def test_inject_episodes_at_epoch_zero_overlapping_and_out_of_range():
+    loss, rho, elr = quiet_run()
+    l2, r2, e2 = D.inject_episodes(loss, rho, elr, [0])                 # [0, len): epoch 0 is a valid time
+    assert l2[0] / loss[0] == pytest.approx(10.0) and np.allclose(r2 / rho, 1.03) and np.allclose(e2 / elr, 1.03**-2)
+    # times outside [0, len) are skipped, not the end of the list
+    for got, want in zip(D.inject_episodes(loss, rho, elr, [-1, 400, 100, 300]),
+                         D.inject_episodes(loss, rho, elr, [100])):
+        assert np.array_equal(got, want)
+    # overlapping episodes multiply: at 101, x10 from its own and x10^exp(-1) from 100's decay
+    l2, r2, _ = D.inject_episodes(loss, rho, elr, [100, 101])
+    assert l2[101] / loss[101] == pytest.approx(10.0 ** (1 + np.exp(-1.0)))
+    assert r2[101] / rho[101] == pytest.approx(1.03**2)
+    # loss_decay is the e-folding time of the factor's exponent: 10^exp(-(t-e)/2)
+    slow = {**D.EPISODE_TEMPLATE, "loss_decay": 2.0}
+    l2, _, _ = D.inject_episodes(loss, rho, elr, [100], template=slow)
+    assert l2[102] / loss[102] == pytest.approx(10.0 ** np.exp(-1.0))
+    assert l2[101] / loss[101] == pytest.approx(10.0 ** np.exp(-0.5))
+
+
+def test_sensitivity_template_none_when_not_analysable():
+    loss, rho, elr = quiet_run()
+    assert D.sensitivity_template(np.full(300, 2.3), rho, elr) is None          # never converged
+    # converged at index 3, then MIN_LENGTH - 1 = 19 epochs: None; MIN_LENGTH = 20: the template (slow norm)
+    loss = np.r_[1.0, 1.0, 1.0, np.full(20, 0.05)]
+    rho = 10.0 * np.exp(-0.005 * np.arange(23))
+    assert D.sensitivity_template(loss[:22], rho[:22], 0.3 / rho[:22] ** 2) is None
+    assert D.sensitivity_template(loss, rho, 0.3 / rho**2) == D.EPISODE_TEMPLATE
+
+
+def test_injection_times_fit_the_window_and_draw_phase_period_and_drift_as_documented():
+    # positions 1..n - NORM_SPAN, >= MIN_EPISODES of them, increasing by at least ~half the shortest period
+    for n in (100, 600):
+        for s in range(300):
+            t = D._injection_times(n, np.random.default_rng(s))
+            assert t.dtype == np.int64 and t.size >= D.MIN_EPISODES
+            assert t[0] >= 1 and t[-1] <= n - D.NORM_SPAN and np.all(np.diff(t) >= 2), (n, s)
+    # the phase is uniform in [0, p0] with p0 >= SENSITIVITY_PERIOD_MIN: at n = 100 (p0 <= 13.7) the first
+    # position is 1 in ~5% of trains and reaches 1 + 8 and more in others
+    first = np.array([D._injection_times(100, np.random.default_rng(s))[0] for s in range(300)])
+    assert first.min() == 1 and first.max() >= 1 + D.SENSITIVITY_PERIOD_MIN
+    # drift: log d_i = log p0 + (t_i / n) log g + jitter, log g uniform in [-ln 2, ln 2] (mean 0, sd 0.40):
+    # the fitted slopes of 300 trains centre on 0 and spread to both sides (fitted with the jitter: sd ~0.45)
+    slopes = []
+    for s in range(300):
+        t = D._injection_times(600, np.random.default_rng(s))
+        slopes.append(np.polyfit(t[:-1] / 600, np.log(np.diff(t)), 1)[0])
+    q10, q90 = np.quantile(slopes, [0.1, 0.9])
+    assert abs(np.mean(slopes)) < 0.08 and q10 < -0.4 and q90 > 0.4
+
+
+def test_injection_times_need_a_window_of_60_epochs():
+    # derived: hi = (n - NORM_SPAN - 1) / (1 + (MIN_EPISODES - 1) x SENSITIVITY_DRIFT) >= SENSITIVITY_PERIOD_MIN
+    # iff n >= 8 x 7 + 4 = 60; at n = 60 the first interval is 8 exactly and a train fits in the first try
+    n_min = D.SENSITIVITY_PERIOD_MIN * (1 + (D.MIN_EPISODES - 1) * D.SENSITIVITY_DRIFT) + D.NORM_SPAN + 1
+    assert n_min == 60
+    for s in range(20):
+        assert D._injection_times(59, np.random.default_rng(s)) is None
+        assert D._injection_times(60, np.random.default_rng(s)).size >= D.MIN_EPISODES
+    # a train of exactly MIN_EPISODES is accepted: at n = 60 about 1 train in 1000 has just 4 (seed 170 first)
+    sizes = [D._injection_times(60, np.random.default_rng(s)).size for s in range(200)]
+    assert min(sizes) == D.MIN_EPISODES
+
+
+def test_episode_sensitivity_is_the_share_of_injected_trains_found_periodic():
+    # the documented procedure by hand: trial i injects the template at _injection_times(window, rng) + c, rng =
+    # default_rng(seed) drawn in turn, and asks episodes(..., n_surrogates, seed = seed + i). With 39 surrogates
+    # (smallest p 0.025) a train is periodic only if no surrogate is as regular, so the verdicts are mixed and
+    # depend on the trains' times, the surrogates' seeds and their number
+    loss, rho, elr = quiet_run(n=120)
+    c = D.episodes(loss, rho, elr).converged
+    template = D.sensitivity_template(loss, rho, elr)
+    fractions = []
+    for seed in (0, 1):
+        rng = np.random.default_rng(seed)
+        found = [D.episodes(*D.inject_episodes(loss, rho, elr, D._injection_times(120 - c, rng) + c,
+                                               template=template), n_surrogates=39, seed=seed + i).periodic
+                 for i in range(12)]
+        assert 0 < sum(found) < 12
+        fractions.append(D.episode_sensitivity(loss, rho, elr, n_trials=12, seed=seed, n_surrogates=39))
+        assert fractions[-1] == np.mean(found)
+    assert fractions[0] != fractions[1]                              # 7/12 and 5/12
+    assert D.episode_sensitivity(loss, rho, elr, n_trials=12, n_surrogates=39) == fractions[0]   # default seed 0
