@@ -457,3 +457,95 @@ def test_the_planted_studys_verdicts_are_the_reviewed_ones(tmp_path):
     assert {v.id: v.verdict for v in verdicts} == {"H1": REFUTED, "H2": HELD, "H3": HELD, "H4": HELD, "H5": HELD,
                                                   "H6": HELD}
     planted.check_or_update(planted.VERDICTS, planted.jsonable([verdict_json(v) for v in verdicts]))
+
+
+# ------------------------------------------------------------------- edges and branches the planted study misses
+def test_synthetic_data_counts_elr_datas_classes_and_an_npz_is_never_unpickled(tmp_path, monkeypatch):
+    import elr.data
+
+    run = FakeRun("r", "elr")
+    run.config["data"] = "synthetic"
+    monkeypatch.setattr(elr.data, "SYNTHETIC_CLASSES", 7)       # read from elr.data, not assumed to be 10
+    assert claims.num_classes(run) == 7
+    # labels stored as a pickled object array: np.load(allow_pickle=False) refuses it, so the count is unknown
+    np.savez(tmp_path / "obj.npz", y_train=np.array([1, 2, 99], dtype=object))
+    run.config["data"] = f"npz:{tmp_path / 'obj.npz'}"
+    assert claims.num_classes(run) == claims.N_CLASSES
+
+
+def test_h2_rows_survive_an_analysis_without_episode_detail_and_a_flag_without_a_test():
+    runs, an = h2_study(ps=[0.004])
+    an[runs[1].name] = analysis(periodic=True, episode_detail=None)     # flagged, but never tested: not periodic
+    v = claims.evaluate_h2(runs, an)
+    row = v.details["runs"][runs[1].name]
+    assert row["reason"] == "" and row["periodic"] is False and row["analysable"] is False and row["p_holm"] is None
+
+
+def h4_edges(*, epochs, transient, sensitivity):
+    runs = [FakeRun(f"r{i}", "baseline") for i in range(4)]
+    an = {r.name: analysis(epochs=epochs, drops={"transient_end_epoch": transient, "sensitivity": sensitivity,
+                                                 "events": []}) for r in runs}
+    c_runs, c_an = controls()
+    return runs + c_runs, {**an, **c_an}
+
+
+def test_h4_edges_of_analysable_and_sensitive_runs():
+    need = claims.H4_MIN_EPOCHS
+    assert claims.H4_MIN_RUNS == 4
+    # exactly H4_MIN_EPOCHS after the transient, exactly the minimum sensitivity, exactly H4_MIN_RUNS runs: refuted
+    v = claims.evaluate_h4(*h4_edges(epochs=10 + need, transient=10, sensitivity=claims.MIN_SENSITIVITY))
+    assert v.verdict == REFUTED and len(v.runs) == 4 and "no events" in v.reason, v.reason
+    v = claims.evaluate_h4(*h4_edges(epochs=need, transient=None, sensitivity=0.9))   # no transient found: from 0
+    assert v.verdict == REFUTED and len(v.runs) == 4, v.reason
+    v = claims.evaluate_h4(*h4_edges(epochs=10 + need - 1, transient=10, sensitivity=0.9))
+    assert v.verdict == INCONCLUSIVE and v.runs == [], v.reason
+    v = claims.evaluate_h4(*h4_edges(epochs=100, transient=10, sensitivity=claims.MIN_SENSITIVITY - 1e-9))
+    assert v.verdict == INCONCLUSIVE and "too few runs" in v.reason
+
+
+def test_h4_coincidence_reads_episode_epochs_as_positions():
+    """An event at epochs [50, 51, 55] covers positions 49..50; with the 2-epoch window an episode counts at
+    positions 47..52, i.e. epochs 48..53: both edges coincide, one epoch beyond either does not."""
+    assert claims.detectors.COINCIDENCE_WINDOW == 2
+    runs = [FakeRun(f"r{i}", "baseline") for i in range(4)]
+    episodes = [[48], [53], [47], [54]]
+    an = {r.name: analysis(episodes=ep, drops={"events": [[50, 51, 55, 0.1]]}) for r, ep in zip(runs, episodes)}
+    v = claims.evaluate_h4(runs, an)
+    assert (v.details["n_events"], v.details["n_coincident"]) == (4, 2)
+
+
+def test_h4_the_smooth_controls_drops_are_reported_not_held_against_the_detector():
+    runs, an = h4_study(3, periodic_found=False)
+    an["control-smooth"]["drops"]["events"] = [[30, 31, 33, 0.1]]
+    v = claims.evaluate_h4(runs, an)
+    assert v.details["controls"]["smooth"]["found"] is True and v.details["controls"]["smooth"]["expected"] is None
+    assert v.verdict == INCONCLUSIVE
+    assert v.reason.startswith("the drop detector failed its positive control (the periodic control shows nothing). ")
+
+
+def test_h5_edges_diverged_runs_the_minimum_count_and_each_verdicts_words():
+    runs, an = h5_study([1.0, 1.02, 0.98, 1.01])
+    runs[0].summary["diverged"] = True                # stationary with an angle, but diverged: left out
+    v = claims.evaluate_h5(runs, an)
+    assert v.runs == ["s1", "s2", "s3"] and v.details["not_stationary"] == ["s0"] and v.verdict == HELD
+    assert claims.H5_MIN_RUNS == 3                   # exactly the minimum decides
+    v = claims.evaluate_h5(*h5_study([1.0, 1.0]))
+    assert v.verdict == INCONCLUSIVE and v.runs == ["s0", "s1"]
+    assert v.reason == ("2 stationary SGD runs with weight decay (0 more not measured stationary or without the RMS "
+                        "angle); needs >= 3")
+    assert claims.evaluate_h5(*h5_study([2.9, 3.1, 3.0])).reason.startswith("the CI lies entirely outside [0.8, 1.25]")
+    assert claims.evaluate_h5(*h5_study([0.5, 1.0, 2.0])).reason.startswith("the CI straddles [0.8, 1.25]")
+    assert claims.evaluate_h5(*h5_study([1.0, 1.01, 0.99])).reason.startswith("the CI lies inside [0.8, 1.25]")
+
+
+def test_holm_at_exactly_alpha_demotes_and_says_both_ps(monkeypatch):
+    def fixed(cid, verdict, p):
+        return lambda runs, an: Verdict(cid, "c", verdict, None, p, None, None, [], "r")
+
+    for cid, verdict, p in [("H1", "inconclusive", None), ("H2", "held", 0.025), ("H3", "inconclusive", 0.5),
+                            ("H4", "refuted", None), ("H5", "held", None), ("H6", "inconclusive", None)]:
+        monkeypatch.setitem(claims.EVALUATORS, cid, fixed(cid, verdict, p))
+    monkeypatch.setattr(claims, "analyses", lambda runs: pytest.fail("analyses recomputed although given"))
+    out = {v.id: v for v in claims.evaluate_all([], {})}
+    assert out["H2"].p_corrected["holm"] == 0.05 and out["H2"].verdict == INCONCLUSIVE   # 2 x 0.025: Holm's h = α
+    assert out["H2"].reason.startswith("p = 0.025 < 0.05 alone, but Holm-corrected p = 0.05 >= 0.05 across")
