@@ -549,3 +549,48 @@ def test_holm_at_exactly_alpha_demotes_and_says_both_ps(monkeypatch):
     out = {v.id: v for v in claims.evaluate_all([], {})}
     assert out["H2"].p_corrected["holm"] == 0.05 and out["H2"].verdict == INCONCLUSIVE   # 2 x 0.025: Holm's h = α
     assert out["H2"].reason.startswith("p = 0.025 < 0.05 alone, but Holm-corrected p = 0.05 >= 0.05 across")
+
+
+def test_h2_edges_of_holm_sensitivity_and_the_association():
+    # one run at p = 0.05 / 8 among 8 analysable: Holm's adjusted p is 0.05 exactly, which is not < α
+    runs, an = h2_study(ps=[0.05 / 8])
+    an[runs[0].name]["periodic"] = True
+    v = claims.evaluate_h2(runs, an)
+    assert v.details["runs"][runs[0].name]["p_holm"] == 0.05 and v.statistic == 0 and v.verdict != HELD
+    # no periodic run: the association is not testable, and says so
+    assert v.details["association"] == {"summary": "Association with lr0 / L2 not testable: 0 periodic and 8 "
+                                                   "non-periodic analysable runs.", "n_periodic": 0, "n_other": 8}
+    # exactly H2_MIN_RUNS runs at exactly the minimum sensitivity call the episodes absent; unknown is not enough
+    assert claims.H2_MIN_RUNS == 4
+    runs, an = h2_study()
+    for i, r in enumerate(runs[:8]):
+        an[r.name]["episode_detail"]["sensitivity"] = claims.MIN_SENSITIVITY if i < 4 else 0.5
+    assert claims.evaluate_h2(runs, an).verdict == REFUTED
+    an[runs[0].name]["episode_detail"]["sensitivity"] = None
+    assert claims.evaluate_h2(runs, an).verdict == INCONCLUSIVE
+    # a control analysed without episode detail still gets a row
+    runs, an = h2_study(ps=[0.004])
+    an["control-smooth"]["episode_detail"] = None
+    assert claims.evaluate_h2(runs, an).details["controls"]["smooth"]["reason"] == ""
+
+
+def test_h3_too_few_runs_and_the_decision_rules_edges(monkeypatch):
+    v = claims.evaluate_h3(*h3_study([0.8, 0.81, 0.82], [0.6, 0.61, 0.62]))
+    assert v.verdict == INCONCLUSIVE and v.runs == ["e0", "e1", "e2", "b0", "b1", "b2"]
+    assert v.reason == ("3 ELR and 3 baseline runs (test split 1000 images); the one-sided Mann–Whitney test needs "
+                        ">= 4 per arm to reach p < 0.05")
+    assert v.details["elr_acc"] == {"e0": 0.8, "e1": 0.81, "e2": 0.82}
+    v = claims.evaluate_h3(*h3_study([0.8, 0.8, 0.8, 0.8], []))        # the margin still comes from the runs there are
+    assert v.details["margin"] == pytest.approx(math.sqrt(0.8 * 0.2 / 1000)) and v.verdict == INCONCLUSIVE
+    study = h3_study([0.8, 0.81, 0.82, 0.83], [0.6, 0.61, 0.62, 0.63])
+    margin = claims.evaluate_h3(*study).details["margin"]
+    # p exactly α does not hold; a CI ending exactly at the margin does not refute
+    monkeypatch.setattr(claims.stats, "mann_whitney_greater", lambda a, b: (10.0, claims.ALPHA))
+    monkeypatch.setattr(claims.stats, "hodges_lehmann", lambda a, b: (0.0, (-0.05, margin), 0.95))
+    v = claims.evaluate_h3(*study)
+    assert v.verdict == INCONCLUSIVE
+    assert v.reason.startswith(f"p >= 0.05 but the CI still allows an ELR advantage of {100 * margin:.3g} pts or more")
+    monkeypatch.setattr(claims.stats, "hodges_lehmann", lambda a, b: (0.0, (-0.05, margin * 0.99), 0.95))
+    v = claims.evaluate_h3(*study)
+    assert v.verdict == REFUTED
+    assert v.reason.startswith(f"p >= 0.05 and the CI excludes an ELR advantage of {100 * margin:.3g} pts or more")
