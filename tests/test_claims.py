@@ -594,3 +594,98 @@ def test_h3_too_few_runs_and_the_decision_rules_edges(monkeypatch):
     v = claims.evaluate_h3(*study)
     assert v.verdict == REFUTED
     assert v.reason.startswith(f"p >= 0.05 and the CI excludes an ELR advantage of {100 * margin:.3g} pts or more")
+
+
+def test_formatting_helpers_and_a_verdicts_defaults():
+    assert [claims._fmt(x) for x in (None, math.nan, 0.012345, 3)] == ["n/a", "n/a", "0.0123", "3"]
+    assert [claims._pts(x) for x in (None, math.nan, math.inf, 0.0123)] == ["n/a", "n/a", "n/a", "1.23 pts"]
+    v = claims._verdict("H1", HELD)
+    assert v.reason == "" and v.runs == [] and v.details == {} and v.ci is None
+
+
+def test_diverged_reads_the_summary_and_defaults_to_not():
+    run = FakeRun("r", "elr")
+    run.summary = {"finished": True}                  # an older summary without the key
+    assert claims.diverged(run) is False
+    run.summary = None
+    assert claims.diverged(run) is False
+    run.summary = {"diverged": True}
+    assert claims.diverged(run) is True
+
+
+def test_control_check_checks_each_control_with_its_own_detector():
+    runs, an = controls()
+    ok, problem, results = claims.control_check(runs, an, positive=lambda a: True, negative=lambda a: False)
+    assert ok and problem == "" and results["periodic"]["found"] is True and results["smooth"]["found"] is False
+    ok, problem, _ = claims.control_check(runs, an, positive=lambda a: False, negative=lambda a: True)
+    assert not ok and problem == "the periodic control shows nothing; the smooth control shows the effect"
+    smooth_only = [r for r in runs if r.name == "control-smooth"]       # a missing control stops nothing else
+    ok, problem, results = claims.control_check(smooth_only, an, positive=lambda a: True, negative=lambda a: False)
+    assert problem == "no periodic control in this study" and set(results) == {"smooth"}
+    ok, problem, _ = claims.control_check([], an, positive=lambda a: True, negative=lambda a: False)
+    assert problem == "no periodic control in this study; no smooth control in this study"
+
+
+def test_test_split_size_from_the_accuracies_resolution_when_the_config_does_not_say():
+    runs = [FakeRun("a", "elr", acc=[0.5, 0.504, 0.512], test_subset=None),
+            FakeRun("b", "elr", acc=[0.6, 0.6], test_subset=None)]
+    assert claims.test_split_size(runs) == 250                        # every accuracy a multiple of 1/250
+    assert claims.test_split_size([FakeRun("c", "elr", acc=[0.5, 0.5], test_subset=None)]) is None
+
+
+def test_h1_unknown_moves_the_minimum_fit_the_lr0_statistic_and_each_verdicts_words(monkeypatch):
+    # non-stationary runs without an epoch-0 record: how far they moved is unknown, and said so
+    monkeypatch.setattr(claims, "predicted_elr", lambda run: np.full(10, 2e-3))   # a theory line for every run
+    runs, an = h1_study(lambda lr0, wd: 1.5e-3, stationary=lambda i: i < 3)
+    for r in runs[3:5]:
+        an[r.name]["initial"]["elr"] = None
+    v = claims.evaluate_h1(runs, an)
+    assert v.reason.endswith("; 2 more have no epoch-0 record, so how far they moved is unknown."), v.reason
+    assert v.runs == [r.name for r in runs[:3]] and v.details["observation"]["n_moving"] == 3
+    assert v.details["runs"][3]["predicted_move"] is None and v.details["runs"][5]["predicted_move"] == \
+        pytest.approx(math.log(2.0))
+    # exactly len(predictors) + 3 = 5 stationary runs spanning both lr0 and λ: the fit decides
+    rng = np.random.default_rng(2)
+    runs, an = h1_study(lambda lr0, wd: 2e-3 * math.exp(0.5 * rng.standard_normal()), stationary=lambda i: i < 5)
+    v = claims.evaluate_h1(runs, an)
+    assert v.details["fit"] is not None and len(v.runs) == 5
+    assert v.verdict == INCONCLUSIVE and v.reason.startswith(
+        "a CI straddles the band, or only one of lr0 / λ varies among the stationary runs ±0.1."), v.reason
+    v = claims.evaluate_h1(*h1_study(lambda lr0, wd: 2e-3, stationary=lambda i: True))
+    assert v.verdict == HELD and v.reason.startswith("both slopes' CIs inside ±0.1.")
+    # only λ varies among the stationary runs (one lr0): the statistic is the λ slope
+    runs, an = h1_study(lambda lr0, wd: 1e-3 * (wd / 5e-4) ** 0.6 * math.exp(0.01 * rng.standard_normal()),
+                        stationary=lambda i: GRID[i][0] == 0.3)
+    for r in runs:                                                    # four stationary runs: lr0 0.3, two λ
+        if an[r.name]["stationary"]:
+            an[r.name + "-2"] = an[r.name]
+    extra = [FakeRun(r.name + "-2", "elr", lr=r.config["lr"], wd=r.config["weight_decay"]) for r in runs
+             if an[r.name]["stationary"]]
+    v = claims.evaluate_h1(runs + extra, an)
+    assert set(v.details["fit"]) == {"weight_decay"} and v.statistic == v.details["fit"]["weight_decay"]["slope"]
+
+
+def test_h6_edges_minimum_cells_words_power_and_a_noise_floor_at_perfect_accuracy():
+    flat = [0.50, 0.51, 0.50, 0.51, 0.49, 0.50, 0.50, 0.49]
+    # two lr0 per λ: too few cells
+    v = claims.evaluate_h6(*h6_study(flat[:4], flat[:4]))
+    assert v.verdict == INCONCLUSIVE and v.details["cells"] and len(v.runs) == 8
+    assert v.reason == "4 ELR/plain-SGD cell pairs; needs >= 3 lr0 values at some λ (the study's third arm)"
+    # exactly three lr0 per λ decide
+    v = claims.evaluate_h6(*h6_study(flat[:6], [0.2, 0.25, 0.45, 0.4, 0.5, 0.5]))
+    assert v.details["null_size"] == 2 ** 6 and v.details["per_weight_decay"]
+    # equal spreads: no reduction, none excluded
+    noise = [0.50, 0.40, 0.55, 0.45, 0.60, 0.42, 0.48, 0.52]
+    v = claims.evaluate_h6(*h6_study(noise, noise[::-1]))
+    assert v.verdict == INCONCLUSIVE and v.reason.startswith("no significant reduction, but one is not excluded. ")
+    # the reported power is the documented simulation at the ELR arm's sample sds (n - 1)
+    import statistics
+    groups = [np.array(g) for g in ([0, 2, 4, 6], [1, 3, 5, 7])]   # cells by λ, in GRID order
+    sds = [statistics.stdev([noise[i] for i in g]) for g in groups]
+    assert v.details["power_double_spread"] == claims._h6_power(sds, groups, 8)
+    v = claims.evaluate_h6(*h6_study([0.20, 0.25, 0.45, 0.40, 0.50, 0.50, 0.15, 0.10], flat))
+    assert v.verdict == REFUTED and v.reason.startswith(
+        "the ELR arm's spread is at least as large as plain SGD's beyond test-split noise. ")
+    # accuracies of exactly 0 and 1 still carry the noise floor of one test image: the interval has a width
+    v = claims.evaluate_h6(*h6_study([1.0, 0.0] * 4, [0.0, 1.0] * 4))
+    assert v.ci[1] - v.ci[0] > 0
