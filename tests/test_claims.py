@@ -689,3 +689,15 @@ def test_h6_edges_minimum_cells_words_power_and_a_noise_floor_at_perfect_accurac
     # accuracies of exactly 0 and 1 still carry the noise floor of one test image: the interval has a width
     v = claims.evaluate_h6(*h6_study([1.0, 0.0] * 4, [0.0, 1.0] * 4))
     assert v.ci[1] - v.ci[0] > 0
+
+
+def test_h1_collinear_lr0_and_lambda_leave_the_slopes_undetermined():
+    """lr0 and λ moving together among the stationary runs: OLS cannot separate them (nan), the report gets no
+    CI (None, not [nan, nan]) and the claim stays open."""
+    cells = [(0.03, 5e-4)] * 3 + [(0.3, 5e-3)] * 2
+    runs = [FakeRun(f"c{i}", "elr", lr=lr0, wd=wd) for i, (lr0, wd) in enumerate(cells)]
+    an = {r.name: analysis(stationary=True, final={"elr": 1e-3 * (1 + i)}, initial={"elr": 1e-3})
+          for i, r in enumerate(runs)}
+    v = claims.evaluate_h1(runs, an)
+    assert v.verdict == INCONCLUSIVE and {k: f["ci"] for k, f in v.details["fit"].items()} == \
+        {"lr0": None, "weight_decay": None}
