@@ -494,7 +494,7 @@ def test_h4_edges_of_analysable_and_sensitive_runs():
     assert claims.H4_MIN_RUNS == 4
     # exactly H4_MIN_EPOCHS after the transient, exactly the minimum sensitivity, exactly H4_MIN_RUNS runs: refuted
     v = claims.evaluate_h4(*h4_edges(epochs=10 + need, transient=10, sensitivity=claims.MIN_SENSITIVITY))
-    assert v.verdict == REFUTED and len(v.runs) == 4 and "no events" in v.reason, v.reason
+    assert v.verdict == REFUTED and len(v.runs) == 4 and "; no events; " in v.reason, v.reason
     v = claims.evaluate_h4(*h4_edges(epochs=need, transient=None, sensitivity=0.9))   # no transient found: from 0
     assert v.verdict == REFUTED and len(v.runs) == 4, v.reason
     v = claims.evaluate_h4(*h4_edges(epochs=10 + need - 1, transient=10, sensitivity=0.9))
@@ -507,11 +507,14 @@ def test_h4_coincidence_reads_episode_epochs_as_positions():
     """An event at epochs [50, 51, 55] covers positions 49..50; with the 2-epoch window an episode counts at
     positions 47..52, i.e. epochs 48..53: both edges coincide, one epoch beyond either does not."""
     assert claims.detectors.COINCIDENCE_WINDOW == 2
-    runs = [FakeRun(f"r{i}", "baseline") for i in range(4)]
-    episodes = [[48], [53], [47], [54]]
-    an = {r.name: analysis(episodes=ep, drops={"events": [[50, 51, 55, 0.1]]}) for r, ep in zip(runs, episodes)}
-    v = claims.evaluate_h4(runs, an)
-    assert (v.details["n_events"], v.details["n_coincident"]) == (4, 2)
+    def coincident(episodes):
+        runs = [FakeRun(f"r{i}", "baseline") for i in range(len(episodes))]
+        an = {r.name: analysis(episodes=ep, drops={"events": [[50, 51, 55, 0.1]]}) for r, ep in zip(runs, episodes)}
+        v = claims.evaluate_h4(runs, an)
+        return v.details["n_events"], v.details["n_coincident"]
+
+    assert coincident([[48], [53]]) == (2, 2)      # both edges of the window
+    assert coincident([[47], [54]]) == (2, 0)      # one epoch beyond either
 
 
 def test_h4_the_smooth_controls_drops_are_reported_not_held_against_the_detector():
@@ -683,6 +686,13 @@ def test_h6_edges_minimum_cells_words_power_and_a_noise_floor_at_perfect_accurac
     groups = [np.array(g) for g in ([0, 2, 4, 6], [1, 3, 5, 7])]   # cells by λ, in GRID order
     sds = [statistics.stdev([noise[i] for i in g]) for g in groups]
     assert v.details["power_double_spread"] == claims._h6_power(sds, groups, 8)
+    # with λ groups of unequal size the n - 1 matters (equal sizes scale every cell alike: the test is scale-free)
+    uneven = [0.622, 0.623, 0.506, 0.414, 0.322, 0.453, 0.463]    # 4 cells at λ 5e-4, 3 at 5e-3
+    v = claims.evaluate_h6(*h6_study(uneven, uneven[::-1]))
+    groups = [np.array(g) for g in ([0, 2, 4, 6], [1, 3, 5])]
+    sds = [statistics.stdev([uneven[i] for i in g]) for g in groups]
+    assert v.details["power_double_spread"] == claims._h6_power(sds, groups, 7) == 0.285
+    assert claims._h6_power([statistics.pstdev([uneven[i] for i in g]) for g in groups], groups, 7) == 0.2775
     v = claims.evaluate_h6(*h6_study([0.20, 0.25, 0.45, 0.40, 0.50, 0.50, 0.15, 0.10], flat))
     assert v.verdict == REFUTED and v.reason.startswith(
         "the ELR arm's spread is at least as large as plain SGD's beyond test-split noise. ")
