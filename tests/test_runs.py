@@ -1,0 +1,99 @@
+"""elr.runs: the run directory as the analysis reads it — which directories are runs, the one-line errors for
+files it cannot read, the gaps a run's log has against its config and summary (written into Run.problems).
+The trainer's side (atomic writes, locks, damaged lines on resume) is tested in test_faults.py."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import fakeruns
+from elr import runs
+from elr.runs import Run, RunDirError
+
+
+def rewrite_metrics(path, records, tail=b""):
+    (path / runs.METRICS).write_bytes(b"".join((runs.dumps(r) + "\n").encode() for r in records) + tail)
+
+
+def test_only_directories_with_a_config_are_runs_and_a_list_of_directories_loads_as_given(tmp_path):
+    a = fakeruns.write_run(tmp_path, "a", epochs=3)
+    b = fakeruns.write_run(tmp_path, "b", epochs=3)
+    (tmp_path / "notes").mkdir()                       # a plain directory beside the runs: not a run
+    (tmp_path / "notes" / "x.txt").write_text("x")
+    assert runs.list_runs(tmp_path) == [a, b]
+    assert [r.name for r in runs.load_runs([b, a])] == ["b", "a"]          # an explicit list, in its order
+    assert [r.name for r in runs.load_runs(str(tmp_path))] == ["a", "b"]
+
+
+def test_unreadable_and_damaged_files_are_one_line_each_with_the_advice(tmp_path):
+    path = fakeruns.write_run(tmp_path, "r", epochs=3)
+    cfg = path / runs.CONFIG
+    cfg.unlink()
+    cfg.mkdir()                                        # a directory where config.json should be
+    with pytest.raises(RunDirError) as e:
+        runs.read_config(path)
+    assert str(e.value) == f"cannot read {cfg}: Is a directory; repair it, or move the run directory aside"
+    cfg.rmdir()
+    cfg.write_text('{\n  "lr": ,\n}')
+    try:
+        json.loads(cfg.read_text())
+    except ValueError as err:
+        why = " ".join(str(err).split())               # json's own message, on one line
+    with pytest.raises(RunDirError) as e:
+        runs.read_config(path)
+    assert str(e.value) == f"{cfg} is damaged (not valid JSON: {why}); repair it, or move the run directory aside"
+
+
+def test_a_failed_write_says_what_to_do():
+    err = runs.RunWriteError("/x/metrics.jsonl", OSError(28, "No space left on device"))
+    assert str(err) == ("cannot write /x/metrics.jsonl: No space left on device; every file written before is "
+                        "intact: free space (or make it writable) and rerun the same command")
+
+
+def test_json_is_read_as_utf_8_whatever_the_locale(tmp_path):
+    """A config with a λ in it, read in a process whose locale encoding is ASCII (LC_ALL=C, no UTF-8 mode)."""
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"note": "λ = 5e-4"}, ensure_ascii=False), encoding="utf-8")
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0"}
+    code = f"from elr.runs import read_json; print(read_json({str(path)!r})['note'].encode('unicode_escape').decode())"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "\\u03bb = 5e-4", done.stderr
+
+
+def test_a_runs_gaps_against_its_config_and_summary(tmp_path):
+    path = fakeruns.write_run(tmp_path, "r", epochs=14)
+    records = [json.loads(line) for line in (path / runs.METRICS).read_text().splitlines()]
+    by_epoch = {r["epoch"]: r for r in records}
+    keep = [by_epoch[e] for e in (2, 14)]               # epochs 1 and 3..13 missing: 12, more than the 10 shown
+    rewrite_metrics(path, keep)
+    assert Run(path).problems[0] == ("epochs missing from metrics.jsonl: 1, 3, 4, 5, 6, 7, 8, 9, 10, 11 ... "
+                                     "(12 in all)")
+    rewrite_metrics(path, [by_epoch[e] for e in (1, 3)] + [by_epoch[e] for e in range(5, 15)])
+    assert Run(path).problems[0] == "epochs missing from metrics.jsonl: 2, 4"      # exactly 2: no "in all"
+    missing_ten = [by_epoch[e] for e in (1, 12, 13, 14)]                           # 2..11: exactly ten shown
+    rewrite_metrics(path, missing_ten)
+    assert Run(path).problems[0] == "epochs missing from metrics.jsonl: 2, 3, 4, 5, 6, 7, 8, 9, 10, 11"
+    # nothing logged and no summary: unfinished at 0 epochs, and no epoch counts as missing
+    rewrite_metrics(path, [])
+    (path / runs.SUMMARY).unlink()
+    assert Run(path).problems == ["unfinished: no summary.json, 0 of 14 epochs logged"]
+
+
+def test_a_record_without_an_epoch_and_a_torn_tail_are_reported_not_analysed(tmp_path):
+    path = fakeruns.write_run(tmp_path, "r", epochs=3)
+    records = [json.loads(line) for line in (path / runs.METRICS).read_text().splitlines()]
+    extra = {k: v for k, v in records[-1].items() if k != "epoch"}    # no epoch key: not a record
+    rewrite_metrics(path, records + [extra], tail=b'{"epoch": 4, "tr')
+    run = Run(path)
+    assert [r["epoch"] for r in run.metrics] == [1, 2, 3]
+    assert run.problems == [f"metrics.jsonl line {len(records) + 1} is damaged (not a record with an integer epoch) "
+                            "and skipped", "metrics.jsonl ends in a torn line (a crash mid-write), skipped"]
+
+
+def test_a_setting_falls_back_to_its_default_only_when_absent_or_null(tmp_path):
+    run = Run(fakeruns.write_run(tmp_path, "r", epochs=3))
+    run.config["nothing"] = None
+    assert run.setting("absent", 5) == 5 and run.setting("nothing", 5) == 5 and run.setting("lr", 5) == 0.1
