@@ -55,9 +55,16 @@ def test_a_failed_write_says_what_to_do():
 
 def test_json_is_read_as_utf_8_whatever_the_locale(tmp_path):
     """A config with a λ in it, read in a process whose locale encoding is ASCII (LC_ALL=C, no UTF-8 mode)."""
+    env_check = subprocess.run([sys.executable, "-c", "import locale; print(locale.getpreferredencoding(False))"],
+                               env={**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0",
+                                    "PYTHONCOERCECLOCALE": "0"}, capture_output=True, text=True, timeout=60)
+    if "UTF" in env_check.stdout.upper():
+        pytest.skip(f"this platform's C locale reads as {env_check.stdout.strip()}: nothing to tell apart")
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"note": "λ = 5e-4"}, ensure_ascii=False), encoding="utf-8")
-    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0"}
+    # PYTHONCOERCECLOCALE=0: else Python turns the C locale into C.UTF-8 (PEP 538); PYTHONPATH: this elr, not another
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0",
+           "PYTHONPATH": os.path.dirname(os.path.dirname(runs.__file__))}
     code = f"from elr.runs import read_json; print(read_json({str(path)!r})['note'].encode('unicode_escape').decode())"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "\\u03bb = 5e-4", done.stderr
