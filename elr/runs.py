@@ -149,7 +149,7 @@ def read_json(path: str | os.PathLike):
 def append_metrics(run_dir: str | os.PathLike, record: dict) -> None:
     """Append one epoch as one line, flushed and fsynced: a crash leaves at most a torn last line,
     which `read_metrics` ignores and `truncate_metrics` removes."""
-    line = (dumps(record) + "\n").encode()
+    line = _line(record)
     path = Path(run_dir) / METRICS
     with open(path, "ab", buffering=0) as f:
         start = f.seek(0, os.SEEK_END)
@@ -224,12 +224,21 @@ def check_metrics(run_dir: str | os.PathLike) -> list[dict]:
     return records
 
 
+def _line(record: dict) -> bytes:
+    return (dumps(record) + "\n").encode()
+
+
+def write_metrics(run_dir: str | os.PathLike, records: list[dict]) -> None:
+    """Replace RUN/metrics.jsonl by `records` in one atomic write, in append_metrics' line format."""
+    data = b"".join(_line(r) for r in records)
+    atomic_write(Path(run_dir) / METRICS, lambda f: f.write(data))
+
+
 def truncate_metrics(run_dir: str | os.PathLike, last_epoch: int) -> list[dict]:
     """Keep the records with epoch <= last_epoch (those the checkpoint covers), rewritten atomically; a torn
     last line goes. Refuses (RunDirError) when a line before the last is damaged."""
     kept = [r for r in check_metrics(run_dir) if r["epoch"] <= last_epoch]
-    data = b"".join((dumps(r) + "\n").encode() for r in kept)
-    atomic_write(Path(run_dir) / METRICS, lambda f: f.write(data))
+    write_metrics(run_dir, kept)
     return kept
 
 

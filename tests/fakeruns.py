@@ -6,7 +6,7 @@ of runs.append_metrics), summary.json. Any metric can be given as an array; the 
 mutually consistent defaults (elr = lr / si_norm², effective_grad_norm = grad_norm · si_norm).
 `write_study` writes a whole 8 ELR + 8 baseline study in which every claim's effect is planted.
 
-metrics.jsonl is written in one atomic write of `runs.dumps` lines rather than line by line through
+metrics.jsonl is written in one atomic write (`runs.write_metrics`) rather than line by line through
 `append_metrics`, which fsyncs every line (about 4 ms here: thousands of synthetic epochs would take
 seconds); the bytes are the same.
 """
@@ -110,8 +110,7 @@ def write_run(root, name: str, *, group: str = "elr", lr: float = 0.1, weight_de
         if diverged_epoch is not None and i + 1 == diverged_epoch:
             rec["train_loss"] = math.nan                   # stored as null, as the trainer does
         records.append(rec)
-    data = b"".join((runs.dumps(r) + "\n").encode() for r in records)
-    runs.atomic_write(path / runs.METRICS, lambda f: f.write(data))
+    runs.write_metrics(path, records)
     div = diverged_epoch is not None
     if finished or div:                                    # an interrupted run has no summary yet
         acc = np.array([r["test_acc"] for r in records] or [np.nan])

@@ -72,8 +72,7 @@ def write_planted_run(root, name, *, group, lr, wd, power, episodes=(), dips=(),
                         "train_loss": loss[i], "test_acc": acc[i], "weight_norm": rho[i], "si_norm": rho[i],
                         "elr": elr[i], "elr_mean": elr[i], "effective_grad_norm": G, "effective_grad_norm_rms": G,
                         "angular_update_rms": angle[i]})
-    data = b"".join((rundir.dumps(r) + "\n").encode() for r in records)
-    rundir.atomic_write(path / rundir.METRICS, lambda f: f.write(data))
+    rundir.write_metrics(path, records)
     write_json(path / rundir.SUMMARY, {"final_test_acc": acc[-1], "best_test_acc": acc.max(), "epochs": EPOCHS,
                                        "epochs_done": EPOCHS, "finished": True, "diverged": False})
     return path

@@ -45,7 +45,7 @@ def simulate_run(root, name, *, lr=0.5, wd=5e-3, G=2.0, rho0=3.0, epochs=120, sp
                       "angular_update_per_step": float(np.mean(angles)),
                       "angular_update_rms": math.sqrt(float(np.mean(np.square(angles)))),
                       "train_loss": 0.02 + 2.3 * math.exp(-e / 5), "test_acc": 0.6 - 0.5 * math.exp(-e / 5)})
-    (path / runs.METRICS).write_text("".join(runs.dumps(r) + "\n" for r in lines))
+    runs.write_metrics(path, lines)
     return path
 
 
@@ -86,7 +86,7 @@ def test_an_old_run_without_the_new_fields_still_analyses(tmp_path):
     for r in lines:
         for k in ("elr_mean", "effective_grad_norm_rms", "angular_update_rms", "lr_si"):
             r.pop(k)
-    (path / runs.METRICS).write_text("".join(runs.dumps(r) + "\n" for r in lines))
+    runs.write_metrics(path, lines)
     a = analyse(Run(path))
     assert a["angle_rms_over_predicted"] is None and a["initial"]["elr"] is None
     assert any("angular_update_rms" in n for n in a["notes"]) and any("epoch-0" in n for n in a["notes"])
@@ -121,7 +121,7 @@ def test_the_angle_law_is_judged_by_an_rms_not_a_median(tmp_path):
     lines = [json.loads(x) for x in (path / runs.METRICS).read_text().splitlines()]
     for r in lines[1:]:
         r["angular_update_rms"] *= 3.0 if r["epoch"] % 10 == 0 else 0.5   # one loud epoch in ten
-    (path / runs.METRICS).write_text("".join(runs.dumps(r) + "\n" for r in lines))
+    runs.write_metrics(path, lines)
     a = analyse(Run(path), sensitivity=False)
     w = [r for r in lines[1:] if a["angle"]["window"][0] <= r["epoch"] <= a["angle"]["window"][1]]
     rms = math.sqrt(np.mean([r["angular_update_rms"] ** 2 for r in w]))
@@ -138,7 +138,7 @@ def test_the_fixed_point_uses_the_rms_of_g_over_the_window(tmp_path):
     lines = [json.loads(x) for x in (path / runs.METRICS).read_text().splitlines()]
     for r in lines[1:]:
         r["effective_grad_norm_rms"] = 8.0 if r["epoch"] % 5 == 0 else 1.0
-    (path / runs.METRICS).write_text("".join(runs.dumps(r) + "\n" for r in lines))
+    runs.write_metrics(path, lines)
     a = analyse(Run(path), sensitivity=False)
     w = [r for r in lines[1:] if a["angle"]["window"][0] <= r["epoch"] <= a["angle"]["window"][1]]
     g2 = np.mean([r["effective_grad_norm_rms"] ** 2 for r in w])

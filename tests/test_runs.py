@@ -15,7 +15,9 @@ from elr.runs import Run, RunDirError
 
 
 def rewrite_metrics(path, records, tail=b""):
-    (path / runs.METRICS).write_bytes(b"".join((runs.dumps(r) + "\n").encode() for r in records) + tail)
+    runs.write_metrics(path, records)
+    with open(path / runs.METRICS, "ab") as f:
+        f.write(tail)
 
 
 def test_only_directories_with_a_config_are_runs_and_a_list_of_directories_loads_as_given(tmp_path):
