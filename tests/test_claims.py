@@ -274,13 +274,15 @@ def test_h6_spread_difference_against_a_hand_computation():
 
 # ---------------------------------------------------------------------------------------------- all claims
 
-def test_held_on_raw_p_but_not_after_holm_becomes_inconclusive(monkeypatch):
-    def fixed(cid, verdict, p):
-        return lambda runs, an: Verdict(cid, "c", verdict, None, p, None, None, [], "r")
+def fixed_evaluator(cid, verdict, p):
+    """An evaluator that returns one given verdict and p, whatever the runs: for testing evaluate_all alone."""
+    return lambda runs, an: Verdict(cid, "c", verdict, None, p, None, None, [], "r")
 
+
+def test_held_on_raw_p_but_not_after_holm_becomes_inconclusive(monkeypatch):
     for cid, verdict, p in [("H1", "inconclusive", None), ("H2", "held", 0.03), ("H3", "held", 0.01),
                             ("H4", "refuted", None), ("H5", "held", None), ("H6", "inconclusive", 0.5)]:
-        monkeypatch.setitem(claims.EVALUATORS, cid, fixed(cid, verdict, p))
+        monkeypatch.setitem(claims.EVALUATORS, cid, fixed_evaluator(cid, verdict, p))
     out = {v.id: v for v in claims.evaluate_all([], {})}
     assert out["H3"].p_corrected["holm"] == pytest.approx(0.03) and out["H3"].verdict == "held"
     assert out["H2"].p_corrected["holm"] == pytest.approx(0.06) and out["H2"].verdict == "inconclusive"
@@ -542,12 +544,9 @@ def test_h5_edges_diverged_runs_the_minimum_count_and_each_verdicts_words():
 
 
 def test_holm_at_exactly_alpha_demotes_and_says_both_ps(monkeypatch):
-    def fixed(cid, verdict, p):
-        return lambda runs, an: Verdict(cid, "c", verdict, None, p, None, None, [], "r")
-
     for cid, verdict, p in [("H1", "inconclusive", None), ("H2", "held", 0.025), ("H3", "inconclusive", 0.5),
                             ("H4", "refuted", None), ("H5", "held", None), ("H6", "inconclusive", None)]:
-        monkeypatch.setitem(claims.EVALUATORS, cid, fixed(cid, verdict, p))
+        monkeypatch.setitem(claims.EVALUATORS, cid, fixed_evaluator(cid, verdict, p))
     monkeypatch.setattr(claims, "analyses", lambda runs: pytest.fail("analyses recomputed although given"))
     out = {v.id: v for v in claims.evaluate_all([], {})}
     assert out["H2"].p_corrected["holm"] == 0.05 and out["H2"].verdict == INCONCLUSIVE   # 2 x 0.025: Holm's h = α
