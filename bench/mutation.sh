@@ -8,7 +8,7 @@
 #                                               # unchecked mutants counted (train and runs need hours on 2 cores)
 #
 # For each module: a throwaway clone of the current commit (HEAD: commit first; uncommitted edits are not
-# measured), a [tool.mutmut] section naming that module and its test files (MAP below), `mutmut run`, then one
+# measured), its [tool.mutmut] section with that module and its test files (MAP below) added, `mutmut run`, then one
 # line: mutants, killed, survived, "no tests" (mutants in a function that none of the selected tests executes),
 # timeouts, wall time. The surviving mutants' names are written to $OUT/MODULE.survivors (default OUT:
 # ./mutation-out). Exits non-zero if mutmut itself fails (a failing clean test run, a crash), not for survivors.
@@ -54,21 +54,18 @@ for m in "${MODULES[@]}"; do
     dir="$WORK/$m"
     rm -rf "$dir"
     git clone -q "$ROOT" "$dir" || { echo "$m: git clone failed" >&2; status=1; continue; }
-    # this module's section replaces any [tool.mutmut] the checkout has (the defaults appended to pyproject.toml)
-    python - "$dir/pyproject.toml" "$m" "$(toml_list ${MAP[$m]})" <<'EOF'
-import re, sys
+    # the checkout's [tool.mutmut] (the defaults in pyproject.toml) plus this module and its test files
+    python - "$dir/pyproject.toml" "$m" "$(toml_list ${MAP[$m]})" <<'EOF' || { status=1; continue; }
+import sys
 path, module, tests = sys.argv[1:]
-text = re.sub(r"(?ms)^\[tool\.mutmut\]\n.*?(?=^\[|\Z)", "", open(path).read())
-open(path, "w").write(text.rstrip("\n") + f"""
-
+text = open(path).read()
+if "\n[tool.mutmut]\n" not in text:
+    sys.exit(f"{module}: {path} has no [tool.mutmut] section (a checkout older than bench/mutation.sh)")
+open(path, "w").write(text.replace("\n[tool.mutmut]\n", f"""
 [tool.mutmut]
-source_paths = ["elr"]
 only_mutate = ["elr/{module}.py"]
-also_copy = ["conftest.py", "experiments/"]
-pytest_add_cli_args = ["-m", "not slow", "-p", "no:cacheprovider"]
-process_isolation = "forkserver"
 pytest_add_cli_args_test_selection = {tests}
-""")
+""", 1))
 EOF
     echo "=== $m: mutating elr/$m.py against ${MAP[$m]}"
     start=$SECONDS
