@@ -12,7 +12,6 @@ import time
 import pytest
 
 from elr import runs
-from elr.cli import main
 from elr.config import ConfigError, RunConfig
 from elr.runlock import LEASE_LOST_EXIT, KINDS, RunLock, held, lock_files
 from elr.study import fresh, train_all
