@@ -81,8 +81,12 @@ class ELRRule:
         self.si_names = set(si)
 
     @torch.no_grad()
+    def global_rate(self) -> float:
+        """lr0 / ||w||^p over the rule's norm set, at the current weights (one host sync)."""
+        return rule_lr(self.lr0, float(global_norm(self.norm_params)), self.power)
+
     def apply(self) -> None:
-        global_rate = rule_lr(self.lr0, float(global_norm(self.norm_params)), self.power)
+        global_rate = self.global_rate()
         groups = self.optimizer.param_groups
         layer_norms = (torch.stack(torch._foreach_norm([g["params"][0] for g in groups if g["name"] in self.si_names])).tolist()
                        if self.per_layer else [])

@@ -98,6 +98,11 @@ def build_state(cfg: RunConfig, num_classes: int, device: torch.device) -> RunSt
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
+    return _new_state(cfg, num_classes, device)
+
+
+def _new_state(cfg: RunConfig, num_classes: int, device: torch.device) -> RunState:
+    """A run at its initial weights, drawn from torch's global RNG as it stands."""
     model = build_model(cfg.model, width=cfg.width, num_classes=num_classes).to(device)
     si = scale_invariant_params(model)
     if cfg.channels_last:
@@ -170,15 +175,14 @@ def setup_compile(state: RunState, cfg: RunConfig, steps: int, device: torch.dev
     return True
 
 
-def initial_rule_rate(cfg: RunConfig) -> float:
+def initial_rule_rate(cfg: RunConfig, num_classes: int = 10) -> float:
     """The rate an ELR-rule run (schedule elr) applies at its first step: lr0 / ||w0||^p over its norm set,
-    from the same initial weights build_state draws (same seed), leaving the global RNG untouched."""
+    from the initial weights build_state draws (same seed, layout and parameter order, so the same float32
+    norm), leaving every global RNG untouched. num_classes sizes the head (CIFAR-10's by default), which the
+    norm over all trainable weights includes when the head is trainable (resnet18)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        model = build_model(cfg.model, width=cfg.width)
-        si = scale_invariant_params(model)
-        params = list(si.values()) if cfg.elr_norm == "si" else [p for p in model.parameters() if p.requires_grad]
-        return rule_lr(cfg.lr, float(global_norm(params)), cfg.elr_power)
+        return _new_state(cfg, num_classes, torch.device("cpu")).schedule.global_rate()
 
 
 def environment(device: torch.device) -> dict:

@@ -467,3 +467,26 @@ def test_resume_restores_the_plateau_schedules_count_of_bad_epochs(tmp_path, mon
     assert test_loss[1] >= test_loss[0] * (1 - 1e-4)
     assert runs.series(recs, "lr") == pytest.approx(plateau_lrs(test_loss, 0.05, 0.5, 1), rel=1e-12)
     assert runs.series(recs, "lr")[3] < 0.05
+
+
+@pytest.mark.parametrize("norm,power,seed", [("si", 1, 3), ("all", 1, 3), ("all", 2, 5)])
+def test_initial_rule_rate_is_the_first_steps_rate_from_the_runs_own_initial_weights(norm, power, seed):
+    """The plain-SGD twins of the study (H6) start at their ELR run's first rate: lr0 / ||w0||^p over the rule's
+    norm set, from the weights that seed draws. resnet18 has trainable BN affines outside the SI set, so the
+    two norm sets differ. Recomputed in float64 from the seeded model; the global RNG is left as it was."""
+    from elr.train import build_state, initial_record, initial_rule_rate
+
+    cfg = RunConfig(model="resnet18", width=2, data="synthetic", subset=20, test_subset=20, schedule="elr", lr=0.7,
+                    elr_norm=norm, elr_power=power, seed=seed).validate()
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    rate = initial_rule_rate(cfg)
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.manual_seed(seed)
+    model = build_model("resnet18", width=2)
+    chosen = scale_invariant_params(model).values() if norm == "si" else model.parameters()
+    rho = math.sqrt(sum(float((p.detach().double() ** 2).sum()) for p in chosen if p.requires_grad))
+    assert rate == pytest.approx(0.7 / rho**power, rel=1e-6)
+    data = load_data("synthetic", subset=20, test_subset=20, seed=0, device="cpu")
+    state = build_state(cfg, data.num_classes, torch.device("cpu"))
+    assert initial_record(state, data, cfg)["lr"] == rate        # the trainer's own rate at its first step
