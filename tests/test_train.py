@@ -318,9 +318,13 @@ def test_fast_path_matches_the_plain_eager_path(tmp_path):
 def test_compile_falls_back_to_eager_with_one_notice(tmp_path, capsys, monkeypatch):
     import torch._dynamo
 
+    asked = []
+
     def broken(model, **kw):
+        asked.append(kw)
+
         def call(x):
-            raise torch._dynamo.exc.TorchDynamoException("no backend here")
+            raise torch._dynamo.exc.TorchDynamoException("no backend here\nsecond line of the report")
         return call
 
     base = dict(SMALL, epochs=2, batch_size=50, seed=2)
@@ -329,7 +333,10 @@ def test_compile_falls_back_to_eager_with_one_notice(tmp_path, capsys, monkeypat
     monkeypatch.setattr(torch, "compile", broken)
     train(RunConfig(**base, compile="on"), tmp_path / "fallback", progress=False)
     err = capsys.readouterr().err
-    assert err.count("torch.compile failed") == 1 and "--compile off" in err and "Traceback" not in err
+    assert err.count("torch.compile failed") == 1 and "Traceback" not in err
+    assert "elr: torch.compile failed (TorchDynamoException: no backend here); training eagerly (--compile off " \
+           "skips the attempt)\n" in err
+    assert asked == [{"dynamic": False}]   # one graph per batch shape: automatic dynamic shapes recompile slower
     assert _metrics(tmp_path / "fallback") == _metrics(tmp_path / "eager")      # nothing ran in the failed compile
     assert runs.read_summary(tmp_path / "fallback")["compiled"] is False
     monkeypatch.setattr("elr.train.compile_unavailable", lambda device: "no C++ compiler on PATH")
@@ -337,6 +344,38 @@ def test_compile_falls_back_to_eager_with_one_notice(tmp_path, capsys, monkeypat
     err = capsys.readouterr().err
     assert err.strip() == "elr: torch.compile unavailable: no C++ compiler on PATH; training eagerly (--compile off " \
                           "silences this)"
+
+
+def test_compile_unavailable_names_what_is_missing(monkeypatch):
+    import shutil
+    import sys
+    import types
+
+    import torch._dynamo
+
+    from elr.train import compile_unavailable
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    found = []
+    monkeypatch.setattr(shutil, "which", lambda name: found.append(name) and None)
+    monkeypatch.delenv("CXX", raising=False)
+    assert compile_unavailable(cpu) == "no C++ compiler on PATH (the CPU backend needs one)"
+    assert found == ["g++", "c++", "clang++"]
+    found.clear()
+    monkeypatch.setenv("CXX", "my-cxx")
+    compile_unavailable(cpu)
+    assert found[0] == "my-cxx"                     # $CXX is the compiler inductor uses, when set
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/" + name if name == "clang++" else None)
+    assert compile_unavailable(cpu) is None         # any one of them will do
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setitem(sys.modules, "triton", types.ModuleType("triton"))
+    assert compile_unavailable(cuda) is None        # a GPU compiles with Triton, not a C++ compiler
+    monkeypatch.setitem(sys.modules, "triton", None)    # import triton raises ImportError
+    assert compile_unavailable(cuda) == "Triton is not installed"
+    monkeypatch.setattr(torch._dynamo, "is_dynamo_supported", lambda: False)
+    assert compile_unavailable(cpu).startswith("TorchDynamo does not support Python 3.")
+    monkeypatch.setitem(sys.modules, "torch._dynamo", None)
+    assert compile_unavailable(cpu) == "TorchDynamo cannot load (ModuleNotFoundError)"
 
 
 def test_bf16_autocast_tracks_fp32_and_keeps_fp32_state(tmp_path):
