@@ -458,10 +458,14 @@ def test_channel_stats_counts_every_chunk_of_a_large_split():
 
 @pytest.mark.parametrize("device", ["meta", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs CUDA: meta ops accept a CPU operand, a CUDA op does not"))])
-def test_load_data_puts_every_tensor_on_the_device(device):
-    # the meta device stands in for an accelerator: a tensor left on the CPU is seen without a GPU; only on a
-    # real one does normalizing by a mean and std left on the CPU fail
+def test_load_data_puts_every_tensor_on_the_device(device, monkeypatch):
+    # the meta device stands in for an accelerator: a tensor left on the CPU is seen without a GPU. Only on a
+    # real one does normalizing by a mean and std left on the CPU fail, so every constant load_data makes
+    # (torch.tensor: the normalization's shift and scale, per split) is checked for its device as well
+    made, tensor = [], torch.tensor
+    monkeypatch.setattr(torch, "tensor", lambda *a, **k: made.append(tensor(*a, **k)) or made[-1])
     data = load_data("synthetic", subset=100, device=device)
+    assert len(made) == 4 and {t.device.type for t in made} == {device}
     assert {t.device.type for t in (data.x_train, data.y_train, data.x_test, data.y_test)} == {device}
     assert all(b.device.type == device for b in batch_indices(10, 3, torch.Generator().manual_seed(0), device))
 
