@@ -346,6 +346,53 @@ def test_compile_falls_back_to_eager_with_one_notice(tmp_path, capsys, monkeypat
                           "silences this)"
 
 
+def test_summary_reports_the_first_epochs_compile_time(tmp_path, monkeypatch):
+    """compile_seconds: the first epoch's excess over the second, in this session. A stand-in compile that
+    costs 0.6 s at its first training-mode call (torch.compile makes the training graph there; epoch 0's
+    evaluation made the eval-mode graph before) and is the module itself otherwise is measured as such."""
+    first = []
+
+    def slow_first_call(model, **kw):
+        def call(x):
+            if model.training and not first:
+                first.append(time.sleep(0.6))
+            return model(x)
+        return call
+
+    monkeypatch.setattr(torch, "compile", slow_first_call)
+    base = dict(SMALL, batch_size=50, seed=4, compile="on")
+    two = train(RunConfig(**base, epochs=2), tmp_path / "two", progress=False)
+    assert two["compiled"] is True and 0.4 < two["compile_seconds"] < 1.2
+    assert two["compile_seconds"] == round(two["compile_seconds"], 2)
+    first.clear()
+    one = train(RunConfig(**base, epochs=1), tmp_path / "one", progress=False)
+    assert one["compiled"] is True and one["compile_seconds"] is None     # no second epoch to compare with
+    off = train(RunConfig(**{**base, "compile": "off"}, epochs=2), tmp_path / "off", progress=False)
+    assert off["compiled"] is False and off["compile_seconds"] is None
+
+
+def test_restore_sets_the_cuda_rng_states_only_where_cuda_is_there(monkeypatch):
+    """A checkpoint written on a GPU carries its CUDA generators' states: restored where CUDA is available,
+    ignored where it is not (a GPU run resumed on a CPU)."""
+    from elr.train import build_state
+
+    cfg = RunConfig(**SMALL, epochs=1)
+    state = build_state(cfg, 10, torch.device("cpu"))
+    ck = state.checkpoint(0.0)
+    ck["rng"]["cuda"] = ["state of GPU 0"]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    state.restore(ck)
+    assert restored == []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    state.restore(ck)
+    assert restored == [["state of GPU 0"]]
+    ck["rng"]["cuda"] = []                          # written on a CPU: nothing to restore on a GPU
+    state.restore(ck)
+    assert restored == [["state of GPU 0"]]
+
+
 def test_compile_unavailable_names_what_is_missing(monkeypatch):
     import shutil
     import sys
