@@ -687,7 +687,7 @@ def _finish(m: _Member) -> dict:
 def summarize(records: list[dict], cfg: RunConfig, diverged_epoch: int | None) -> dict:
     accs = [r["test_acc"] for r in records]
     finite_accs = [(a, r["epoch"]) for a, r in zip(accs, records) if a is not None and math.isfinite(a)]
-    best = max(finite_accs, default=(None, None))
+    best = max(finite_accs, key=lambda acc_epoch: acc_epoch[0], default=(None, None))  # ties: the first epoch
     last = records[-1] if records else {}
     return {
         "final_test_acc": last.get("test_acc"), "best_test_acc": best[0], "best_epoch": best[1],

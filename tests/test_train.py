@@ -584,3 +584,39 @@ def test_initial_rule_rate_is_the_first_steps_rate_from_the_runs_own_initial_wei
     data = load_data("synthetic", subset=20, test_subset=20, seed=0, device="cpu")
     state = build_state(cfg, data.num_classes, torch.device("cpu"))
     assert initial_record(state, data, cfg)["lr"] == rate        # the trainer's own rate at its first step
+
+
+def test_summary_of_a_metrics_log():
+    """summary.json from the log alone: the last record's values, the best finite test accuracy and the first
+    epoch that reached it, and the divergence as the trainer saw it."""
+    from elr.train import summarize
+
+    def rec(epoch, acc, loss=None, step=0, wall=0.0):
+        return {"epoch": epoch, "test_acc": acc, "train_loss": loss, "step": step, "wall_time": wall}
+
+    log = [rec(0, 0.1), rec(1, 0.5, 2.0, 10, 3.0), rec(2, None, 1.9, 20, 6.0), rec(3, float("nan"), 1.8, 30, 9.0),
+           rec(4, 0.5, 1.7, 40, 12.0), rec(5, 0.4, 1.5, 50, 12.5)]
+    cfg = RunConfig(epochs=6)
+    assert summarize(log, cfg, None) == {
+        "final_test_acc": 0.4, "best_test_acc": 0.5, "best_epoch": 1, "final_train_loss": 1.5, "epochs": 6,
+        "epochs_done": 5, "steps": 50, "finished": True, "diverged": False, "diverged_epoch": None, "wall_time": 12.5}
+    diverged = summarize(log[:4], cfg, 3)
+    assert (diverged["finished"], diverged["diverged"], diverged["diverged_epoch"]) == (False, True, 3)
+    assert (diverged["final_test_acc"], diverged["epochs_done"], diverged["steps"]) == (log[3]["test_acc"], 3, 30)
+    assert summarize([], cfg, None) == {
+        "final_test_acc": None, "best_test_acc": None, "best_epoch": None, "final_train_loss": None, "epochs": 6,
+        "epochs_done": 0, "steps": 0, "finished": True, "diverged": False, "diverged_epoch": None, "wall_time": None}
+    nothing_finite = summarize([rec(0, float("nan")), rec(1, None)], cfg, 1)
+    assert (nothing_finite["best_test_acc"], nothing_finite["best_epoch"]) == (None, None)
+
+
+def test_build_state_honours_the_classes_layout_and_precision():
+    from elr.train import build_state
+
+    cfg = RunConfig(**SMALL, epochs=1, channels_last=True, precision="bf16")
+    state = build_state(cfg, 7, torch.device("cpu"))
+    assert state.model.eval()(torch.zeros(2, 3, 32, 32)).shape == (2, 7)
+    assert state.model.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert state.precision == "bf16"
+    assert not build_state(RunConfig(**SMALL, epochs=1, channels_last=False), 7, torch.device("cpu")) \
+        .model.features[0].weight.is_contiguous(memory_format=torch.channels_last)
