@@ -45,6 +45,9 @@ done
 command -v "$MUTMUT" >/dev/null || { echo "mutmut not found: pip install mutmut (3.x)" >&2; exit 2; }
 mkdir -p "$OUT"
 export CI=true
+# one torch thread per test process: mutmut runs one worker per core, and torch's default of one thread per core
+# in each oversubscribed them (several times slower, so that mutants on the training path ran into their timeouts)
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
 toml_list() { local out="" x; for x in "$@"; do out+="${out:+, }\"$x\""; done; echo "[$out]"; }
 
