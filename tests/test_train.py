@@ -620,3 +620,27 @@ def test_build_state_honours_the_classes_layout_and_precision():
     assert state.precision == "bf16"
     assert not build_state(RunConfig(**SMALL, epochs=1, channels_last=False), 7, torch.device("cpu")) \
         .model.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_environment_records_what_made_the_run(monkeypatch):
+    """config.json's "env": the versions, threads and commit a run was made with, and on a GPU its name and cuDNN."""
+    import platform
+    import subprocess
+
+    import torchvision
+
+    import elr
+    from elr.train import environment
+
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(elr.__file__), capture_output=True,
+                          text=True).stdout.strip() or None
+    assert environment(torch.device("cpu")) == {
+        "elr": elr.__version__, "python": platform.python_version(), "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "numpy": np.__version__, "cuda": torch.version.cuda,
+        "platform": platform.platform(), "torchvision": torchvision.__version__, "git": head}
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "NVIDIA H200")
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91002)
+    gpu = environment(torch.device("cuda"))
+    assert (gpu["gpu"], gpu["cudnn"]) == ("NVIDIA H200", 91002)
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: (_ for _ in ()).throw(OSError("no git")))
+    assert environment(torch.device("cpu"))["git"] is None      # no git on the machine: recorded as unknown
