@@ -620,6 +620,8 @@ def test_build_state_honours_the_classes_layout_and_precision():
     assert state.precision == "bf16"
     assert not build_state(RunConfig(**SMALL, epochs=1, channels_last=False), 7, torch.device("cpu")) \
         .model.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    # the meta device stands in for an accelerator: a model left on the CPU is seen without a GPU
+    assert {p.device.type for p in build_state(cfg, 7, torch.device("meta")).model.parameters()} == {"meta"}
 
 
 def test_environment_records_what_made_the_run(monkeypatch):
