@@ -358,24 +358,26 @@ def test_compile_falls_back_to_eager_with_one_notice(tmp_path, capsys, monkeypat
 
 
 def test_summary_reports_the_first_epochs_compile_time(tmp_path, monkeypatch):
-    """compile_seconds: the first epoch's excess over the second, in this session. A stand-in compile that
-    costs 0.6 s at its first training-mode call (torch.compile makes the training graph there; epoch 0's
-    evaluation made the eval-mode graph before) and is the module itself otherwise is measured as such."""
-    first = []
+    """compile_seconds: the first epoch's excess over the second, in this session. On a clock that only a stand-in
+    compile moves, its first training-mode call costs 1.0 s (torch.compile makes the training graph there; epoch
+    0's evaluation made the eval-mode graph before) and the first step of epoch 2 costs 0.25 s, so the excess is
+    0.75 s exactly (their sum, or a rounding to whole seconds, is not)."""
+    clock, calls = [100.0], []
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
 
-    def slow_first_call(model, **kw):
+    def stand_in(model, **kw):
         def call(x):
-            if model.training and not first:
-                first.append(time.sleep(0.6))
+            if model.training:
+                calls.append(x)
+                clock[0] += {1: 1.0, 5: 0.25}.get(len(calls), 0.0)   # 4 steps an epoch: call 5 opens epoch 2
             return model(x)
         return call
 
-    monkeypatch.setattr(torch, "compile", slow_first_call)
+    monkeypatch.setattr(torch, "compile", stand_in)
     base = dict(SMALL, batch_size=50, seed=4, compile="on")
     two = train(RunConfig(**base, epochs=2), tmp_path / "two", progress=False)
-    assert two["compiled"] is True and 0.4 < two["compile_seconds"] < 1.2
-    assert two["compile_seconds"] == round(two["compile_seconds"], 2)
-    first.clear()
+    assert (two["compiled"], two["compile_seconds"]) == (True, 0.75)
+    calls.clear()
     one = train(RunConfig(**base, epochs=1), tmp_path / "one", progress=False)
     assert one["compiled"] is True and one["compile_seconds"] is None     # no second epoch to compare with
     off = train(RunConfig(**{**base, "compile": "off"}, epochs=2), tmp_path / "off", progress=False)
