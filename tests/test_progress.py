@@ -89,10 +89,10 @@ def test_epoch_line_reads_the_record_and_moves_to_the_next_epoch(clock):
 
 
 def test_epoch_line_of_a_pack_a_per_layer_rate_and_missing_values(clock):
-    live, stream = live_line(epochs=10, pack=4)
+    live, stream = live_line(epochs=10, pack=2)     # the smallest pack
     record = {**RECORD, "lr": {"a": 0.1, "b": 0.3}, "train_loss": None, "train_acc": None, "elr": None}
     live.epoch(record)
-    assert stream.events[-2].startswith("\repoch 3/10 x4 runs  loss nan  acc nan  test 0.457  lr 0.2  elr nan  ")
+    assert stream.events[-2].startswith("\repoch 3/10 x2 runs  loss nan  acc nan  test 0.457  lr 0.2  elr nan  ")
     one, s1 = live_line(epochs=10, pack=1)
     one.epoch(RECORD)
     assert s1.events[-2].startswith("\repoch 3/10  loss")
