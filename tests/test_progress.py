@@ -140,3 +140,10 @@ def test_a_second_sigint_interrupts_and_sigterm_only_asks_to_stop():
     assert first.requested
     with pytest.raises(KeyboardInterrupt):
         first._handle(signal.SIGINT, None)
+
+
+def test_epoch_line_of_a_diverged_epoch(clock):
+    live, stream = live_line(epochs=10)
+    live.epoch({**RECORD, "train_loss": float("nan"), "train_acc": float("inf"), "test_acc": float("nan"),
+                "elr": float("inf")})
+    assert stream.events[-2].startswith("\repoch 3/10  loss nan  acc inf  test nan  lr 0.125  elr inf  ")
