@@ -85,6 +85,7 @@ class ELRRule:
         """lr0 / ||w||^p over the rule's norm set, at the current weights (one host sync)."""
         return rule_lr(self.lr0, float(global_norm(self.norm_params)), self.power)
 
+    @torch.no_grad()
     def apply(self) -> None:
         global_rate = self.global_rate()
         groups = self.optimizer.param_groups
