@@ -33,7 +33,7 @@ from .data import Data, DataError, batch_indices, load_data, n_batches
 from .models import build_model, scale_invariant_params
 from .optim import build_optimizer, build_schedule, param_groups
 from .progress import duration
-from .rule import angle_between, effective_lr, global_norm, rule_lr, si_rate
+from .rule import angle_between, effective_lr, global_norm, si_rate
 from .theory import relaxation_steps
 
 EVAL_BATCH = 1000  # test-set forward chunk: bounds memory, not results
