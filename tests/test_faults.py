@@ -395,28 +395,6 @@ def test_out_that_cannot_be_a_run_directory(tmp_path, capsys, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------- smaller: ETA, Ctrl-C at start-up
-def test_durations_read_as_a_person_reads_them():
-    from elr.progress import duration
-
-    assert [duration(s) for s in (42, 720, 11_520, 190_800, 458_912_242, float("inf"))] == \
-        ["42 s", "12 min", "3 h 12 min", "2 d 5 h", "5,311 d", "?"]
-
-
-def test_progress_line_shows_a_long_eta_in_days():
-    import io
-
-    from elr.config import RunConfig
-    from elr.train import Progress
-
-    stream = io.StringIO()
-    live = Progress(RunConfig(epochs=1_000_000), stream)
-    live.begin(0)
-    live.start -= 459                              # one epoch took 459 s: 999,999 more
-    live.step(1, 1)
-    line = stream.getvalue().strip()
-    assert "eta 5,312 d" in line and "7 min" in line, line
-
-
 class _Interrupting:
     """A module whose first use is a Ctrl-C: what a SIGINT during its import looks like to the importer."""
 

@@ -1,11 +1,14 @@
-"""`elr train`'s live line (elr.train.Progress) and its signal handling (_StopRequest), against a clock the test
-sets: what the user reads in a terminal and a CI log, character for character."""
+"""`elr train`'s live line (elr.train.Progress), its time format (elr.progress.duration) and its signal handling
+(_StopRequest), against a clock the test sets: what the user reads in a terminal and a CI log, character for
+character."""
+import io
 import signal
 
 import pytest
 
 import elr.train as train_mod
 from elr.config import RunConfig
+from elr.progress import duration
 from elr.train import Progress, _StopRequest
 
 
@@ -147,3 +150,18 @@ def test_epoch_line_of_a_diverged_epoch(clock):
     live.epoch({**RECORD, "train_loss": float("nan"), "train_acc": float("inf"), "test_acc": float("nan"),
                 "elr": float("inf")})
     assert stream.events[-2].startswith("\repoch 3/10  loss nan  acc inf  test nan  lr 0.125  elr inf  ")
+
+
+def test_durations_read_as_a_person_reads_them():
+    assert [duration(s) for s in (42, 720, 11_520, 190_800, 458_912_242, float("inf"))] == \
+        ["42 s", "12 min", "3 h 12 min", "2 d 5 h", "5,311 d", "?"]
+
+
+def test_progress_line_shows_a_long_eta_in_days():
+    stream = io.StringIO()
+    live = Progress(RunConfig(epochs=1_000_000), stream)
+    live.begin(0)
+    live.start -= 459                              # one epoch took 459 s: 999,999 more
+    live.step(1, 1)
+    line = stream.getvalue().strip()
+    assert "eta 5,312 d" in line and "7 min" in line, line
