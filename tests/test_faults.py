@@ -226,8 +226,76 @@ def test_damaged_checkpoint_without_a_previous_one_is_one_line(tmp_path, monkeyp
     (run / runs.CHECKPOINT_PREV).unlink()
     (run / runs.CHECKPOINT).write_bytes(b"\x80\x04garbage")
     before = snapshot(run)
-    run_bad(capsys, train_cli(run, 8), f"{run / runs.CHECKPOINT} is damaged")
+    line = run_bad(capsys, train_cli(run, 8), f"{run / runs.CHECKPOINT} is damaged")
+    assert line.endswith(f"cannot be resumed: move {run} aside (or delete it) to train this run from the start")
     assert snapshot(run) == before                 # no silent restart over the 5 epochs logged
+
+
+@pytest.mark.parametrize("error,reason", [
+    (RuntimeError("zip  archive\n broken " + "X" * 200), "RuntimeError: zip archive broken " + "X" * 101),
+    (EOFError(), "EOFError"),                      # no message: no dangling ": "
+])
+def test_a_damaged_checkpoints_reason_is_one_short_line(error, reason, tmp_path, monkeypatch, finished, capsys):
+    """The notice quotes why checkpoint.pt failed to load: the error's kind and its first 120 characters of
+    text with runs of white space made one space. The checkpoints load onto the run's device (a run checkpointed
+    on a GPU resumes on a CPU)."""
+    import torch
+
+    cfg, run = _interrupted_at(tmp_path, monkeypatch)
+    real, devices = torch.load, []
+
+    def load(path, *args, **kwargs):
+        devices.append(kwargs.get("map_location", "not given"))
+        if path == run / runs.CHECKPOINT:
+            raise error
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", load)
+    assert main(train_cli(run, 8)) == 0
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"elr: {run / runs.CHECKPOINT} is damaged ({reason}); resuming from {runs.CHECKPOINT_PREV} (epoch 4); "
+        f"the damaged file is kept as {runs.CHECKPOINT_DAMAGED}")
+    assert devices[:2] == [torch.device("cpu")] * 2
+    assert without_wall_time(runs.read_metrics(run)) == without_wall_time(runs.read_metrics(finished))
+
+
+def test_a_kill_between_moving_the_checkpoint_aside_and_writing_the_next_resumes_from_the_previous(
+        tmp_path, monkeypatch, finished):
+    cfg, run = _interrupted_at(tmp_path, monkeypatch)
+    (run / runs.CHECKPOINT).replace(run / runs.CHECKPOINT_PREV)    # _save's first move done, its write not
+    assert main(train_cli(run, 8)) == 0
+    assert without_wall_time(runs.read_metrics(run)) == without_wall_time(runs.read_metrics(finished))
+
+
+def test_a_kill_before_the_first_checkpoint_logs_epoch_0_once(tmp_path, monkeypatch, finished):
+    cfg, run = _interrupted_at(tmp_path, monkeypatch, stop=1)
+    assert not (run / runs.CHECKPOINT).exists() and runs.read_initial(run) is not None
+    assert main(train_cli(run, 8)) == 0
+    assert [json.loads(line)["epoch"] for line in (run / runs.METRICS).read_text().splitlines()] == list(range(9))
+    assert runs.read_config(run) == runs.read_config(finished)
+    assert {k: runs.read_config(run)["env"][k] for k in ("compiled", "pack", "num_classes")} == {
+        "compiled": False, "pack": 1, "num_classes": 10}
+
+
+def test_a_non_finite_initial_record_is_not_a_divergence(tmp_path, monkeypatch):
+    """Divergence is a trained epoch's verdict (_end_epoch never judges epoch 0): resumed at epoch 0, a run whose
+    epoch-0 line is not finite trains on, as it would have unbroken."""
+    cfg, run = _interrupted_at(tmp_path, monkeypatch, stop=1)
+    initial = runs.read_initial(run)
+    (run / runs.METRICS).write_text(json.dumps({**initial, "train_loss": float("nan")}) + "\n")
+    assert main(train_cli(run, 8)) == 0
+    assert json.loads((run / runs.SUMMARY).read_text())["diverged"] is False and epochs_of(run) == list(range(1, 9))
+
+
+def test_a_finished_run_killed_before_its_summary_whose_last_epoch_diverged_ends_there(tmp_path, finished):
+    run = copy_run(finished, tmp_path / "run")
+    (run / runs.SUMMARY).unlink()
+    lines = (run / runs.METRICS).read_text().splitlines()
+    lines[-1] = json.dumps({**json.loads(lines[-1]), "train_loss": float("inf")})
+    (run / runs.METRICS).write_text("\n".join(lines) + "\n")
+    assert main(train_cli(run, 8)) == 0
+    summary = json.loads((run / runs.SUMMARY).read_text())
+    assert (summary["diverged"], summary["diverged_epoch"], summary["finished"]) == (True, 8, False)
 
 
 # ---------------------------------------------------------------------------------- the report on damaged runs

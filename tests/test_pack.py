@@ -124,6 +124,39 @@ def test_a_pack_killed_between_its_checkpoints_resumes_value_identical(tmp_path,
     assert all_metrics(tmp_path / "run") == all_metrics(tmp_path / "ref")
 
 
+def test_a_stop_leaves_a_run_that_trained_nothing_untouched(tmp_path, monkeypatch):
+    """Resumed with run 0 an epoch ahead and no previous checkpoint to step it back, then stopped at once: runs 1
+    and 2 train their epoch and checkpoint it; run 0, which trained nothing this session, keeps every byte."""
+    import elr.train as T
+
+    real, calls = T._save, []
+
+    def save(m, wall):
+        calls.append(m.out.name)
+        if len(calls) == 3 + 2:                # epoch 1 saved by all, epoch 2 by run 0 only
+            raise _Kill
+        real(m, wall)
+
+    monkeypatch.setattr(T, "_save", save)
+    with pytest.raises(_Kill):
+        train_many(pack_items(tmp_path, epochs=4), progress=False)
+    monkeypatch.setattr(T, "_save", real)
+    (tmp_path / "r0" / runs.CHECKPOINT_PREV).unlink()
+    files = lambda d: {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.is_file()}  # noqa: E731
+    ahead = files(tmp_path / "r0")
+
+    class StopAtOnce(T._StopRequest):
+        def __init__(self):
+            super().__init__()
+            self.requested = True
+
+    monkeypatch.setattr(T, "_StopRequest", StopAtOnce)
+    summaries = train_many(pack_items(tmp_path, epochs=4), progress=False)
+    assert [(s["interrupted"], s["epochs_done"]) for s in summaries] == [(True, 2)] * 3
+    assert files(tmp_path / "r0") == ahead
+    assert [torch.load(tmp_path / f"r{i}" / runs.CHECKPOINT, weights_only=False)["epoch"] for i in (1, 2)] == [2, 2]
+
+
 def test_a_pack_survives_sigkill_value_identical(tmp_path):
     script = ("import sys; from pathlib import Path; sys.path.insert(0, 'tests'); from test_pack import pack_items; "
               "from elr.train import train_many; train_many(pack_items(Path(sys.argv[1]), epochs=6), progress=False, "
