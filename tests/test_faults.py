@@ -263,7 +263,9 @@ def test_a_kill_between_moving_the_checkpoint_aside_and_writing_the_next_resumes
         tmp_path, monkeypatch, finished):
     cfg, run = _interrupted_at(tmp_path, monkeypatch)
     (run / runs.CHECKPOINT).replace(run / runs.CHECKPOINT_PREV)    # _save's first move done, its write not
+    kept = runs.read_metrics(run)[:4]
     assert main(train_cli(run, 8)) == 0
+    assert runs.read_metrics(run)[:4] == kept      # wall times too: resumed at epoch 4, not retrained from 0
     assert without_wall_time(runs.read_metrics(run)) == without_wall_time(runs.read_metrics(finished))
 
 

@@ -120,7 +120,10 @@ def test_a_pack_killed_between_its_checkpoints_resumes_value_identical(tmp_path,
     monkeypatch.setattr(T, "_save", real)
     epochs = [torch.load(tmp_path / "run" / f"r{i}" / runs.CHECKPOINT, weights_only=False)["epoch"] for i in range(3)]
     assert epochs == [2, 1, 1]                 # misaligned, as a kill can leave a pack
+    load, devices = torch.load, []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: devices.append(k.get("map_location")) or load(*a, **k))
     train_many(pack_items(tmp_path / "run"), progress=False, batched=True)
+    assert len(devices) == 3 + 1 and set(devices) == {torch.device("cpu")}   # run 0's step back loads on the device
     assert all_metrics(tmp_path / "run") == all_metrics(tmp_path / "ref")
 
 
