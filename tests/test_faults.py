@@ -376,6 +376,32 @@ def test_images_too_small_for_the_model_are_refused_before_anything_is_written(t
     assert not out.exists()
 
 
+def test_check_input_runs_the_model_where_the_data_is_and_quotes_its_errors_first_line(monkeypatch):
+    import torch
+
+    import elr.train as T
+    from elr.config import RunConfig
+    from elr.data import DataError, load_data
+
+    cfg = RunConfig(model="convnet_si", width=4)
+    T.check_input(cfg, load_data("synthetic", subset=100, device="meta"))  # a model left on the CPU fails on meta
+
+    class Refuses(torch.nn.Module):
+        def forward(self, x):
+            raise RuntimeError("no: " + "y" * 150 + "\nthe second line")
+
+    monkeypatch.setattr(T, "build_model", lambda *a, **k: Refuses())
+    with pytest.raises(DataError) as e:
+        T.check_input(cfg, load_data("synthetic", subset=100))
+    assert str(e.value) == (f"synthetic: model convnet_si cannot take its 32x32 images ({('no: ' + 'y' * 150)[:100]}); "
+                            "use larger images (CIFAR-10's are 32x32) or another --model")
+
+
+def test_out_below_directories_that_do_not_exist_yet(tmp_path):
+    assert main(train_cli(tmp_path / "a" / "b" / "run", 1)) == 0
+    assert epochs_of(tmp_path / "a" / "b" / "run") == [1]
+
+
 def test_a_huge_label_is_refused_not_allocated(tmp_path, capsys):
     import numpy as np
 
