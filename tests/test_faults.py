@@ -3,6 +3,7 @@ a kill at the worst moment, disk full. Each promises one line `elr: error: ...`,
 written lost."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -85,11 +86,12 @@ def test_unterminated_last_line_counts_as_torn_even_if_it_parses(tmp_path):
 
 
 # ---------------------------------------------------------------------------------- one trainer per directory
-def test_second_trainer_on_a_held_directory_is_refused(finished, tmp_path, capsys):
+def test_second_trainer_on_a_held_directory_is_refused(finished, tmp_path, capsys, monkeypatch):
     run = copy_run(finished, tmp_path / "run")
     (run / runs.SUMMARY).unlink()
     before = snapshot(run)
-    with runs.locked(run):                         # another trainer's flock (flock is per open file, even here)
+    with runs.locked(run), monkeypatch.context() as m:   # another trainer's flock (per open file, even here)
+        m.setattr("elr.train.load_data", lambda *a, **k: pytest.fail("the data was loaded before the refusal"))
         run_bad(capsys, train_cli(run, 8), "being trained by another process")
         assert snapshot(run) == before
     assert main(train_cli(run, 8)) == 0            # released: it resumes
@@ -488,6 +490,28 @@ def test_out_that_cannot_be_a_run_directory(tmp_path, capsys, monkeypatch):
     assert list(tmp_path.iterdir()) == []
     if Path("/proc/self").is_dir():
         run_bad(capsys, train_cli("/proc/x", 1), "cannot create the run directory /proc/x")
+
+
+def test_run_directory_checks_name_the_problem(finished, tmp_path, capsys, monkeypatch):
+    run = copy_run(finished, tmp_path / "run")
+    before = snapshot(run)
+    line = run_bad(capsys, train_cli(run, 8, "--lr", "0.5", "--seed", "3"), "holds a different run")
+    assert "holds a different run (lr: 0.1 there, 0.5 here; seed: 0 there, 3 here); use another --out" in line
+    saved = json.loads((run / runs.CONFIG).read_text())
+    (run / runs.CONFIG).write_text(json.dumps({**saved, "learning_rate": 0.1}))   # a key this version lacks
+    line = run_bad(capsys, train_cli(run, 8), f"{run} holds an unreadable config.json (unknown config key(s) "
+                   "learning_rate; accepted: ")
+    assert line.endswith("); use another --out")
+    assert {k: v for k, v in snapshot(run).items() if k != runs.CONFIG} == \
+        {k: v for k, v in before.items() if k != runs.CONFIG}
+    blocker = tmp_path / "a file"
+    blocker.write_text("x")                        # writable, but not a directory
+    run_bad(capsys, train_cli(blocker / "run", 1), f"cannot write the run directory {blocker / 'run'}: {blocker} "
+            "is not a writable directory")
+    # a directory this user may not write in (root writes anywhere, so the permission is what os.access says)
+    monkeypatch.setattr("os.access", lambda path, mode: not mode & os.W_OK)
+    run_bad(capsys, train_cli(tmp_path / "new", 1), f"{tmp_path} is not a writable directory")
+    assert not (tmp_path / "new").exists()
 
 
 # ---------------------------------------------------------------------------------- smaller: ETA, Ctrl-C at start-up

@@ -96,6 +96,26 @@ def test_train_many_writes_each_run_as_its_own(tmp_path):
                     (RunConfig(**{**SMALL, "batch_size": 40}, epochs=1), tmp_path / "y")], progress=False)
 
 
+def test_a_packs_live_line_on_a_terminal_and_its_batched_choice_reach_the_pack(tmp_path, monkeypatch):
+    import io
+    import sys
+
+    import elr.pack
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    real, batched = elr.pack.run_packed_epoch, []
+    monkeypatch.setattr(elr.pack, "run_packed_epoch", lambda *a, **k: batched.append(k["batched"]) or real(*a, **k))
+    monkeypatch.setattr(sys, "stderr", Terminal())   # progress=None: a live line where stderr is a terminal
+    train_many(pack_items(tmp_path / "a", epochs=1), batched=True)
+    assert " x3 runs" in sys.stderr.getvalue() and batched == [True]
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    train_many(pack_items(tmp_path / "b", epochs=1), batched=False)
+    assert sys.stderr.getvalue() == "" and batched == [True, False]
+
+
 class _Kill(BaseException):
     """Stands in for SIGKILL at a chosen instant: nothing after it runs."""
 

@@ -406,6 +406,17 @@ def test_restore_sets_the_cuda_rng_states_only_where_cuda_is_there(monkeypatch):
     assert restored == [["state of GPU 0"]]
 
 
+def test_a_checkpoint_carries_the_cuda_generators_only_where_cuda_is_there(monkeypatch):
+    from elr.train import build_state
+
+    state = build_state(RunConfig(**SMALL, epochs=1), 10, torch.device("cpu"))
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: ["state of GPU 0"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert state.checkpoint(0.0)["rng"]["cuda"] == ["state of GPU 0"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert state.checkpoint(0.0)["rng"]["cuda"] == []
+
+
 def test_compile_unavailable_names_what_is_missing(monkeypatch):
     import shutil
     import sys
