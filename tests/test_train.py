@@ -417,6 +417,32 @@ def test_a_checkpoint_carries_the_cuda_generators_only_where_cuda_is_there(monke
     assert state.checkpoint(0.0)["rng"]["cuda"] == []
 
 
+def test_setup_compile_compiles_when_asked_or_when_it_pays_and_quiets_the_cpu_compiler_warning(monkeypatch):
+    import logging
+
+    import elr.train as T
+
+    monkeypatch.setattr(T, "compile_unavailable", lambda device: None)   # as where a compiler is installed
+    cpu, logger = torch.device("cpu"), logging.getLogger("torch.utils.cpp_extension")
+
+    def compiles(mode, steps, device=cpu):
+        cfg = RunConfig(**SMALL, epochs=1, compile=mode)
+        state = T.build_state(cfg, 10, cpu)
+        eager = state.forward
+        on = T.setup_compile(state, cfg, steps, device, print)
+        assert (state.forward is not eager) == on
+        return on
+
+    n = T.COMPILE_MIN_STEPS
+    assert [compiles("auto", n - 1), compiles("auto", n), compiles("on", 1), compiles("off", 10 * n)] == \
+        [False, True, True, False]
+    monkeypatch.setattr(logger, "level", logging.NOTSET)
+    compiles("on", 1, torch.device("meta"))      # an accelerator: its compiler may warn
+    assert logger.level == logging.NOTSET
+    compiles("on", 1)
+    assert logger.level == logging.ERROR
+
+
 def test_compile_unavailable_names_what_is_missing(monkeypatch):
     import shutil
     import sys
