@@ -261,6 +261,25 @@ def test_a_damaged_checkpoints_reason_is_one_short_line(error, reason, tmp_path,
     assert without_wall_time(runs.read_metrics(run)) == without_wall_time(runs.read_metrics(finished))
 
 
+def test_a_notice_gets_its_own_line_under_a_live_line(tmp_path, monkeypatch):
+    import io
+    import re
+    import sys
+
+    from elr.train import train
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    cfg, run = _interrupted_at(tmp_path, monkeypatch)
+    (run / runs.CHECKPOINT).write_bytes(b"garbage")
+    monkeypatch.setattr(sys, "stderr", Terminal())   # progress=None: a live line on a terminal
+    train(cfg, run)
+    err = sys.stderr.getvalue()
+    assert "checkpoint.pt is damaged" in err and "loading data" in err and not re.search(r"[^\n]elr: ", err), err
+
+
 def test_a_kill_between_moving_the_checkpoint_aside_and_writing_the_next_resumes_from_the_previous(
         tmp_path, monkeypatch, finished):
     cfg, run = _interrupted_at(tmp_path, monkeypatch)

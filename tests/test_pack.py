@@ -1,6 +1,7 @@
 """Packed runs (elr/pack.py, elr.train.train_many): K runs in one step equal the K runs trained alone."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -109,8 +110,12 @@ def test_a_packs_live_line_on_a_terminal_and_its_batched_choice_reach_the_pack(t
     real, batched = elr.pack.run_packed_epoch, []
     monkeypatch.setattr(elr.pack, "run_packed_epoch", lambda *a, **k: batched.append(k["batched"]) or real(*a, **k))
     monkeypatch.setattr(sys, "stderr", Terminal())   # progress=None: a live line where stderr is a terminal
-    train_many(pack_items(tmp_path / "a", epochs=1), batched=True)
-    assert " x3 runs" in sys.stderr.getvalue() and batched == [True]
+    train_many(pack_items(tmp_path / "a", epochs=1)[:2], batched=True)     # the smallest pack
+    assert " x2 runs" in sys.stderr.getvalue() and batched == [True]
+    assert "loading data and building the models (2 runs packed)" in sys.stderr.getvalue()
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    train(pack_items(tmp_path / "alone", epochs=1)[0][0], tmp_path / "alone")
+    assert re.search(r"loading data and building the model\W", sys.stderr.getvalue()), sys.stderr.getvalue()
     monkeypatch.setattr(sys, "stderr", io.StringIO())
     train_many(pack_items(tmp_path / "b", epochs=1), batched=False)
     assert sys.stderr.getvalue() == "" and batched == [True, False]

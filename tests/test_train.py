@@ -443,6 +443,16 @@ def test_setup_compile_compiles_when_asked_or_when_it_pays_and_quiets_the_cpu_co
     assert logger.level == logging.ERROR
 
 
+def test_a_run_loads_the_data_its_config_names(tmp_path, monkeypatch):
+    import elr.train as T
+
+    real, asked = T.load_data, []
+    monkeypatch.setattr(T, "load_data", lambda *a, **k: asked.append((a, k)) or real(*a, **k))
+    T.train(RunConfig(**{**SMALL, "subset": 100}, test_subset=50, data_seed=3, epochs=1), tmp_path / "r",
+            progress=False)
+    assert asked == [(("synthetic",), dict(subset=100, test_subset=50, seed=3, device=torch.device("cpu")))]
+
+
 def test_compile_unavailable_names_what_is_missing(monkeypatch):
     import shutil
     import sys
