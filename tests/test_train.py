@@ -1,5 +1,6 @@
 """The trainer: every logged metric recomputed from saved weights, resume after SIGKILL, divergence."""
 
+import io
 import json
 import math
 import os
@@ -378,10 +379,13 @@ def test_summary_reports_the_first_epochs_compile_time(tmp_path, monkeypatch):
     two = train(RunConfig(**base, epochs=2), tmp_path / "two", progress=False)
     assert (two["compiled"], two["compile_seconds"]) == (True, 0.75)
     calls.clear()
-    one = train(RunConfig(**base, epochs=1), tmp_path / "one", progress=False)
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    one = train(RunConfig(**base, epochs=1), tmp_path / "one", progress=True)
     assert one["compiled"] is True and one["compile_seconds"] is None     # no second epoch to compare with
-    off = train(RunConfig(**{**base, "compile": "off"}, epochs=2), tmp_path / "off", progress=False)
-    assert off["compiled"] is False and off["compile_seconds"] is None
+    assert "compiling the model (the first epoch takes longer) ..." in sys.stderr.getvalue()
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    off = train(RunConfig(**{**base, "compile": "off"}, epochs=2), tmp_path / "off", progress=True)
+    assert off["compiled"] is False and off["compile_seconds"] is None and "compiling" not in sys.stderr.getvalue()
 
 
 def test_restore_sets_the_cuda_rng_states_only_where_cuda_is_there(monkeypatch):
