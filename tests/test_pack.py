@@ -102,13 +102,20 @@ def test_a_packs_live_line_on_a_terminal_and_its_batched_choice_reach_the_pack(t
     import sys
 
     import elr.pack
+    import elr.train
 
     class Terminal(io.StringIO):
         def isatty(self):
             return True
 
-    real, batched = elr.pack.run_packed_epoch, []
-    monkeypatch.setattr(elr.pack, "run_packed_epoch", lambda *a, **k: batched.append(k["batched"]) or real(*a, **k))
+    real, batched, on_step = elr.pack.run_packed_epoch, [], []
+
+    def spy(*a, **k):
+        batched.append(k["batched"])
+        on_step.append(getattr(k.get("on_step"), "__func__", None))   # the live line's step counter, or none
+        return real(*a, **k)
+
+    monkeypatch.setattr(elr.pack, "run_packed_epoch", spy)
     monkeypatch.setattr(sys, "stderr", Terminal())   # progress=None: a live line where stderr is a terminal
     train_many(pack_items(tmp_path / "a", epochs=1)[:2], batched=True)     # the smallest pack
     assert " x2 runs" in sys.stderr.getvalue() and batched == [True]
@@ -119,6 +126,7 @@ def test_a_packs_live_line_on_a_terminal_and_its_batched_choice_reach_the_pack(t
     monkeypatch.setattr(sys, "stderr", io.StringIO())
     train_many(pack_items(tmp_path / "b", epochs=1), batched=False)
     assert sys.stderr.getvalue() == "" and batched == [True, False]
+    assert on_step == [elr.train.Progress.step, None]
 
 
 class _Kill(BaseException):
