@@ -457,6 +457,52 @@ def test_a_run_loads_the_data_its_config_names(tmp_path, monkeypatch):
     assert asked == [(("synthetic",), dict(subset=100, test_subset=50, seed=3, device=torch.device("cpu")))]
 
 
+def test_an_epochs_sums_live_on_the_datas_device():
+    from elr.train import EpochPass, build_state
+
+    cfg = RunConfig(**{**SMALL, "subset": 100}, batch_size=50, schedule="constant", epochs=1)
+    epoch = EpochPass(build_state(cfg, 10, torch.device("meta")), load_data("synthetic", subset=100, device="meta"),
+                      cfg)
+    sums = (epoch.loss_sum, epoch.acc_sum, epoch.grad_sum, epoch.angle_sum, epoch.angle_sq_sum, epoch.geff_sq_sum,
+            epoch.elr_sum, epoch.zero(), *epoch.batches)
+    assert {t.device.type for t in sums} == {"meta"}
+
+
+def test_a_stop_checkpoints_the_epoch_it_ends_with_that_epochs_wall_time(tmp_path, monkeypatch):
+    """Asked to stop before an epoch ends, the epoch is checkpointed with its own logged wall time; asked while
+    its line is being logged, by the stop path, with the time of that moment."""
+    import elr.train as T
+
+    cfg = RunConfig(**SMALL, batch_size=50, epochs=4, checkpoint_every=100)
+
+    class Stop(T._StopRequest):
+        current = None
+
+        def __init__(self):
+            super().__init__()
+            Stop.current, self.requested = self, early
+
+    monkeypatch.setattr(T, "_StopRequest", Stop)
+    early = True
+    summary = train(cfg, tmp_path / "early", progress=False)
+    ck = torch.load(tmp_path / "early" / runs.CHECKPOINT, weights_only=False)
+    assert (summary["epochs_done"], ck["epoch"]) == (1, 1)
+    assert ck["wall_time"] == runs.read_metrics(tmp_path / "early")[-1]["wall_time"]
+
+    early, real = False, runs.append_metrics
+
+    def signal_while_logging(run_dir, record):
+        real(run_dir, record)
+        if record["epoch"] == 2:
+            Stop.current.requested = True           # SIGTERM after epoch 2's line, before its checkpoint
+
+    monkeypatch.setattr(runs, "append_metrics", signal_while_logging)
+    summary = train(cfg, tmp_path / "late", progress=False)
+    ck = torch.load(tmp_path / "late" / runs.CHECKPOINT, weights_only=False)
+    logged = runs.read_metrics(tmp_path / "late")[-1]["wall_time"]
+    assert (summary["epochs_done"], ck["epoch"]) == (2, 2) and logged <= ck["wall_time"] < logged + 60
+
+
 def test_compile_unavailable_names_what_is_missing(monkeypatch):
     import shutil
     import sys
