@@ -464,7 +464,8 @@ def test_an_epochs_sums_live_on_the_datas_device():
     epoch = EpochPass(build_state(cfg, 10, torch.device("meta")), load_data("synthetic", subset=100, device="meta"),
                       cfg)
     sums = (epoch.loss_sum, epoch.acc_sum, epoch.grad_sum, epoch.angle_sum, epoch.angle_sq_sum, epoch.geff_sq_sum,
-            epoch.elr_sum, epoch.zero(), *epoch.batches)
+            epoch.elr_sum, epoch.zero(), *epoch.batches, epoch.si_rates.weighted(torch.ones(len(epoch.si_params),
+                                                                                            device="meta")))
     assert {t.device.type for t in sums} == {"meta"}
 
 
