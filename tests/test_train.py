@@ -125,10 +125,13 @@ def test_per_step_theory_metrics_and_epoch_zero_replayed_in_float64(tmp_path, pe
 
     gen = torch.Generator().manual_seed(5)
     for rec in recs:
-        angles, geff, elrs, grads = [], [], [], []
+        angles, geff, elrs, grads, losses, accs = [], [], [], [], [], []
         for idx in batch_indices(len(y), bs, gen, "cpu"):
             per, lr_si = rates()                          # the rule, recomputed from the current weights
-            loss = F.cross_entropy(model.train()(x[idx]), y[idx])
+            out = model.train()(x[idx])
+            loss = F.cross_entropy(out, y[idx])
+            losses.append(loss.item())
+            accs.append((out.argmax(1) == y[idx]).double().mean().item())
             gs = torch.autograd.grad(loss, params)
             g_si = math.sqrt(sum(float((g**2).sum()) for p, g in zip(params, gs) if any(p is q for q in si)))
             before = torch.cat([p.detach().ravel() for p in si]).numpy().copy()
@@ -147,6 +150,11 @@ def test_per_step_theory_metrics_and_epoch_zero_replayed_in_float64(tmp_path, pe
         assert rec["effective_grad_norm_rms"] == pytest.approx(math.sqrt(np.mean(np.square(geff))), rel=1e-3)
         assert rec["elr_mean"] == pytest.approx(np.mean(elrs), rel=1e-4)
         assert rec["grad_norm"] == pytest.approx(np.mean(grads), rel=1e-3)
+        # the training loss and accuracy: the means over the epoch's steps, as each step's weights scored its batch
+        assert rec["train_loss"] == pytest.approx(np.mean(losses), rel=1e-4)
+        # (within one of the 60 answers: a float32 near-tie of two logits may pick the other class in float64)
+        assert rec["train_acc"] == pytest.approx(np.mean(accs), abs=1 / 60 + 1e-9)
+        assert rec["step"] == rec["epoch"] * len(y) // bs
         end_lr_si = rates()[1]                            # the rates in force after the epoch's last step
         assert rec["lr_si"] == pytest.approx(end_lr_si, rel=1e-4)
         assert rec["elr"] == pytest.approx(end_lr_si / norm(si) ** 2, rel=1e-4)
