@@ -477,6 +477,19 @@ def test_an_epochs_sums_live_on_the_datas_device():
     assert {t.device.type for t in sums} == {"meta"}
 
 
+def test_the_step_averaged_elr_is_logged_whatever_the_norms_scale():
+    """elr_mean is withheld only where the SI norm is not positive (no SI weights): a norm below 1 is a norm."""
+    from elr.train import build_state, run_epoch
+
+    cfg = RunConfig(**{**SMALL, "subset": 100}, batch_size=50, schedule="constant", lr=1e-6, epochs=1)
+    state = build_state(cfg, 10, torch.device("cpu"))
+    with torch.no_grad():
+        for p in state.si.values():
+            p.mul_(0.05)
+    record = run_epoch(state, load_data("synthetic", subset=100), cfg)
+    assert record["si_norm"] < 1 and record["elr_mean"] == pytest.approx(1e-6 / record["si_norm"] ** 2, rel=1e-3)
+
+
 def test_a_stop_checkpoints_the_epoch_it_ends_with_that_epochs_wall_time(tmp_path, monkeypatch):
     """Asked to stop before an epoch ends, the epoch is checkpointed with its own logged wall time; asked while
     its line is being logged, by the stop path, with the time of that moment."""
