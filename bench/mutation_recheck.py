@@ -6,6 +6,7 @@ test modules once (mutmut's own workers import them per mutant, about 5 s each o
     python ROOT/bench/mutation_recheck.py train --unchecked          # the mutants mutmut did not reach
     python ROOT/bench/mutation_recheck.py train --survivors          # mutmut's survivors, against today's tests
     python ROOT/bench/mutation_recheck.py train NAME [NAME ...]
+    python ROOT/bench/mutation_recheck.py train NAME ... --extra-only --extra tests/test_train.py   # new tests
 
 A mutant's tests are the ones mutmut's stats run saw execute its function (mutants/mutmut-stats.json), fastest
 first, then the --extra files whole (files whose association mutmut did not record, or new tests), with -x and
@@ -36,10 +37,15 @@ def main() -> int:
     ap.add_argument("--survivors", action="store_true", help="the mutants mutmut found surviving")
     ap.add_argument("--extra", nargs="*", default=[], help="test files run whole after the associated tests")
     ap.add_argument("--skip", nargs="*", default=[], help="test node ids to deselect")
+    ap.add_argument("--extra-only", action="store_true",
+                    help="run only the --extra files (confirming that tests added since kill known survivors)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--results", default="mutation-recheck.jsonl")
     ap.add_argument("--cpu-limit", type=int, default=600, help="CPU seconds a mutant's tests may take (a loop)")
     args = ap.parse_args()
+    if args.extra_only and not args.extra:
+        print("mutation_recheck: --extra-only needs --extra FILE ...", file=sys.stderr)
+        return 2
     meta_path = Path("elr") / f"{args.module}.py.meta"
     if not meta_path.exists() or not Path("mutmut-stats.json").exists():
         print(f"mutation_recheck: no {meta_path} or mutmut-stats.json here: run it in a kept clone's mutants/ "
@@ -80,7 +86,7 @@ def main() -> int:
     logs = results.with_suffix(".logs")
 
     def tests_for(name: str) -> list[str]:
-        own = set(tests_of.get(name.rsplit("__mutmut_", 1)[0], ())) & Collect.ids
+        own = set() if args.extra_only else set(tests_of.get(name.rsplit("__mutmut_", 1)[0], ())) & Collect.ids
         return sorted(own - set(args.skip), key=lambda t: (duration.get(t, float("inf")), t)) + args.extra + skip
 
     print(f"mutation_recheck: {len(names)} mutants of elr/{args.module}.py, {args.jobs} at a time", flush=True)
