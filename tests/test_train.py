@@ -117,8 +117,11 @@ def test_per_step_theory_metrics_and_epoch_zero_replayed_in_float64(tmp_path, pe
         per = [lr0 / norm([p]) if any(p is q for q in si) else lr0 / norm(si) for p in params]
         return per, sum(lr0 / norm([p]) * norm([p]) ** 2 for p in si) / norm(si) ** 2
 
-    assert init["epoch"] == 0 and init["step"] == 0 and init["train_loss"] is None
+    assert init["epoch"] == 0 and init["step"] == 0 and init["train_loss"] is None and init["train_acc"] is None
     assert init["test_loss"] == pytest.approx(F.cross_entropy(out0, data.y_test).item(), rel=1e-4)
+    n_test = len(data.y_test)                             # (within one answer: a float32 near-tie of two logits)
+    assert init["test_acc"] == pytest.approx((out0.argmax(1) == data.y_test).double().mean().item(),
+                                             abs=1 / n_test + 1e-9)
     assert init["si_norm"] == pytest.approx(rho0, rel=1e-6)
     assert init["lr_si"] == pytest.approx(rates()[1], rel=1e-6)
     assert init["elr"] == pytest.approx(rates()[1] / rho0**2, rel=1e-6)
