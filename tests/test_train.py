@@ -125,6 +125,7 @@ def test_per_step_theory_metrics_and_epoch_zero_replayed_in_float64(tmp_path, pe
     assert init["si_norm"] == pytest.approx(rho0, rel=1e-6)
     assert init["lr_si"] == pytest.approx(rates()[1], rel=1e-6)
     assert init["elr"] == pytest.approx(rates()[1] / rho0**2, rel=1e-6)
+    assert init["elr_mean"] == init["elr"] and init["wall_time"] == 0.0   # before any step: the one rate, no time
 
     gen = torch.Generator().manual_seed(5)
     for rec in recs:
