@@ -494,6 +494,24 @@ def test_the_step_averaged_elr_is_logged_whatever_the_norms_scale():
     assert record["si_norm"] < 1 and record["elr_mean"] == pytest.approx(1e-6 / record["si_norm"] ** 2, rel=1e-3)
 
 
+def test_a_model_without_scale_invariant_weights_trains_and_logs_no_si_metrics(tmp_path, monkeypatch):
+    """No registered model lacks SI weights, but the trainer does not assume them: with none, the SI norm is 0,
+    the SI rate and ELRs are null (not 0, not a division by zero), and no angle or gradient is summed."""
+    import elr.train as T
+
+    monkeypatch.setattr(T, "scale_invariant_params", lambda model: {})
+    T.train(RunConfig(**{**SMALL, "subset": 100}, batch_size=50, schedule="constant", epochs=2), tmp_path / "r",
+            progress=False)
+    init, last = runs.read_initial(tmp_path / "r"), runs.read_metrics(tmp_path / "r")[-1]
+    for r in (init, last):
+        assert (r["si_norm"], r["si_norm_by_layer"], r["lr_si"], r["elr"], r["elr_by_layer"], r["elr_mean"]) == \
+            (0.0, {}, None, None, {}, None)
+        assert r["weight_norm"] > 0 and r["lr"] == 0.1
+    assert (last["grad_norm"], last["angular_update"], last["angular_update_rms"], last["effective_grad_norm"]) == \
+        (0.0, 0.0, 0.0, 0.0)
+    assert math.isfinite(last["train_loss"]) and last["step"] == 4
+
+
 def test_a_stop_checkpoints_the_epoch_it_ends_with_that_epochs_wall_time(tmp_path, monkeypatch):
     """Asked to stop before an epoch ends, the epoch is checkpointed with its own logged wall time; asked while
     its line is being logged, by the stop path, with the time of that moment."""
