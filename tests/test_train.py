@@ -492,6 +492,16 @@ def test_the_step_averaged_elr_is_logged_whatever_the_norms_scale():
             p.mul_(0.05)
     record = run_epoch(state, load_data("synthetic", subset=100), cfg)
     assert record["si_norm"] < 1 and record["elr_mean"] == pytest.approx(1e-6 / record["si_norm"] ** 2, rel=1e-3)
+    assert record["lr_si"] == 1e-6 and record["elr"] == pytest.approx(1e-6 / record["si_norm"] ** 2, rel=1e-12)
+
+
+def test_one_shared_rate_is_the_si_rate_exactly(tmp_path):
+    """With one rate for every layer the SI rate is that rate, not the ||w_l||^2-weighted mean of copies of it,
+    which rounds: for seed 1's initial SI norms, the weighted mean of 0.1s is 0.10000000000000002."""
+    train(RunConfig(**SMALL, batch_size=50, schedule="constant", lr=0.1, seed=1, epochs=1), tmp_path / "r",
+          progress=False)
+    for r in [runs.read_initial(tmp_path / "r")] + runs.read_metrics(tmp_path / "r"):
+        assert r["lr"] == r["lr_si"] == 0.1
 
 
 def test_a_model_without_scale_invariant_weights_trains_and_logs_no_si_metrics(tmp_path, monkeypatch):
