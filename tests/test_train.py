@@ -264,17 +264,19 @@ def test_sigterm_checkpoints_at_the_epoch_end_and_resumes(tmp_path):
     assert_same_metrics(runs.read_metrics(reference), runs.read_metrics(out))
 
 
-def test_per_layer_rule_logs_each_layers_relaxation_time(tmp_path):
+@pytest.mark.parametrize("momentum", [0.0, 0.5])
+def test_per_layer_rule_logs_each_layers_relaxation_time(tmp_path, momentum):
     """A per-layer rule gives each SI layer its own rate, hence its own clock: tau_l = 1 / ((4 + p) eta_l lam)
-    steps (docs/science.md, the rule's relaxation rate), in epochs."""
+    steps (docs/science.md, the rule's relaxation rate), in epochs; with momentum mu, eta_l / (1 - mu) in place
+    of eta_l."""
     cfg = RunConfig(**SMALL, epochs=2, batch_size=50, lr=0.3, weight_decay=5e-3, schedule="elr", elr_power=1,
-                    elr_norm="si", elr_per_layer=True)
+                    elr_norm="si", elr_per_layer=True, momentum=momentum)
     train(cfg, tmp_path / "pl", progress=False)
     for rec in runs.read_metrics(tmp_path / "pl"):
         spe = 200 // 50
         assert set(rec["tau_by_layer"]) == set(rec["si_norm_by_layer"])
         for name, tau in rec["tau_by_layer"].items():
-            assert tau == pytest.approx(1.0 / (5 * rec["lr"][name] * 5e-3) / spe, rel=1e-12)
+            assert tau == pytest.approx((1 - momentum) / (5 * rec["lr"][name] * 5e-3) / spe, rel=1e-12)
         assert len({round(t, 9) for t in rec["tau_by_layer"].values()}) > 1   # the layers differ
 
 
