@@ -611,6 +611,20 @@ def test_bf16_autocast_tracks_fp32_and_keeps_fp32_state(tmp_path):
         train(RunConfig(**base), tmp_path / "bf16", progress=False)
 
 
+def test_bf16_names_its_dtype_for_every_device(monkeypatch):
+    """torch.autocast's default dtype is bfloat16 on a CPU but float16 on CUDA: the run asks for bfloat16 by name,
+    so a GPU run is the same bf16 as a CPU one (checked here as the call a CUDA run makes, device aside)."""
+    from elr.train import build_state
+
+    state = build_state(RunConfig(**SMALL, epochs=1, precision="bf16"), 10, torch.device("cpu"))
+    real, calls = torch.autocast, []
+    monkeypatch.setattr(torch, "autocast", lambda device_type, **kw: calls.append((device_type, kw)) or
+                        real(device_type, **kw))
+    with state.autocast():
+        pass
+    assert calls == [("cpu", {"dtype": torch.bfloat16})]
+
+
 # ---------------------------------------------------------------------------------------------- resume with state
 def _stop_after(monkeypatch, k):
     """Make the next train() stop after epoch k as a SIGTERM does (checkpoint at the epoch end, summary
