@@ -611,6 +611,19 @@ def test_bf16_autocast_tracks_fp32_and_keeps_fp32_state(tmp_path):
         train(RunConfig(**base), tmp_path / "bf16", progress=False)
 
 
+def test_build_state_seeds_every_global_generator_from_the_runs_seed():
+    """torch, numpy and random: whatever draws from them (an augmentation, a library) repeats with the seed."""
+    import random
+
+    from elr.train import build_state
+
+    build_state(RunConfig(**SMALL, epochs=1, seed=7), 10, torch.device("cpu"))
+    drawn = (torch.rand(1).item(), np.random.random(), random.random())
+    build_state(RunConfig(**SMALL, epochs=1, seed=7), 10, torch.device("cpu"))
+    assert (torch.rand(1).item(), np.random.random(), random.random()) == drawn
+    assert drawn[1:] == (np.random.RandomState(7).random_sample(), random.Random(7).random())
+
+
 def test_bf16_names_its_dtype_for_every_device(monkeypatch):
     """torch.autocast's default dtype is bfloat16 on a CPU but float16 on CUDA: the run asks for bfloat16 by name,
     so a GPU run is the same bf16 as a CPU one (checked here as the call a CUDA run makes, device aside)."""
