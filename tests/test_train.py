@@ -825,9 +825,9 @@ def test_environment_records_what_made_the_run(monkeypatch):
         "elr": elr.__version__, "python": platform.python_version(), "torch": torch.__version__,
         "threads": torch.get_num_threads(), "numpy": np.__version__, "cuda": torch.version.cuda,
         "platform": platform.platform(), "torchvision": torchvision.__version__, "git": head}
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "NVIDIA H200")
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: f"NVIDIA H200 ({device})")
     monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91002)
-    gpu = environment(torch.device("cuda"))
-    assert (gpu["gpu"], gpu["cudnn"]) == ("NVIDIA H200", 91002)
+    gpu = environment(torch.device("cuda", 1))      # the run's own GPU, not the current one
+    assert (gpu["gpu"], gpu["cudnn"]) == ("NVIDIA H200 (cuda:1)", 91002)
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: (_ for _ in ()).throw(OSError("no git")))
     assert environment(torch.device("cpu"))["git"] is None      # no git on the machine: recorded as unknown
