@@ -809,7 +809,7 @@ def test_build_state_honours_the_classes_layout_and_precision():
     assert {p.device.type for p in build_state(cfg, 7, torch.device("meta")).model.parameters()} == {"meta"}
 
 
-def test_environment_records_what_made_the_run(monkeypatch):
+def test_environment_records_what_made_the_run(monkeypatch, tmp_path):
     """config.json's "env": the versions, threads and commit a run was made with, and on a GPU its name and cuDNN."""
     import platform
     import subprocess
@@ -821,6 +821,7 @@ def test_environment_records_what_made_the_run(monkeypatch):
 
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(elr.__file__), capture_output=True,
                           text=True).stdout.strip() or None
+    monkeypatch.chdir(tmp_path)                    # the commit of elr's checkout, wherever the run is started
     assert environment(torch.device("cpu")) == {
         "elr": elr.__version__, "python": platform.python_version(), "torch": torch.__version__,
         "threads": torch.get_num_threads(), "numpy": np.__version__, "cuda": torch.version.cuda,
@@ -831,3 +832,10 @@ def test_environment_records_what_made_the_run(monkeypatch):
     assert (gpu["gpu"], gpu["cudnn"]) == ("NVIDIA H200 (cuda:1)", 91002)
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: (_ for _ in ()).throw(OSError("no git")))
     assert environment(torch.device("cpu"))["git"] is None      # no git on the machine: recorded as unknown
+
+    def hung_git(*args, timeout=None, **kwargs):
+        assert timeout is not None, "git hangs (a network filesystem, a lock): without a timeout, so would the run"
+        raise subprocess.TimeoutExpired(args[0], timeout)
+
+    monkeypatch.setattr(subprocess, "run", hung_git)
+    assert environment(torch.device("cpu"))["git"] is None
