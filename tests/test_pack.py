@@ -135,12 +135,10 @@ class _Kill(BaseException):
     """Stands in for SIGKILL at a chosen instant: nothing after it runs."""
 
 
-def test_a_pack_killed_between_its_checkpoints_resumes_value_identical(tmp_path, monkeypatch):
-    """Killed after run 0 saved epoch 2 and before run 1 did: run 0 steps back to its previous checkpoint, and
-    the resumed pack's metrics equal an unbroken pack's, value for value."""
+def _kill_after_run_0_saved_epoch_2(items, monkeypatch, **kw):
+    """Train the 3-run pack until run 0 has saved epoch 2 and runs 1 and 2 have not: a kill between checkpoints."""
     import elr.train as T
 
-    train_many(pack_items(tmp_path / "ref"), progress=False, batched=True)
     real, calls = T._save, []
 
     def save(m, wall):
@@ -149,10 +147,17 @@ def test_a_pack_killed_between_its_checkpoints_resumes_value_identical(tmp_path,
             raise _Kill
         real(m, wall)
 
-    monkeypatch.setattr(T, "_save", save)
-    with pytest.raises(_Kill):
-        train_many(pack_items(tmp_path / "run"), progress=False, batched=True)
-    monkeypatch.setattr(T, "_save", real)
+    with monkeypatch.context() as patch:
+        patch.setattr(T, "_save", save)
+        with pytest.raises(_Kill):
+            train_many(items, progress=False, **kw)
+
+
+def test_a_pack_killed_between_its_checkpoints_resumes_value_identical(tmp_path, monkeypatch):
+    """Killed after run 0 saved epoch 2 and before run 1 did: run 0 steps back to its previous checkpoint, and
+    the resumed pack's metrics equal an unbroken pack's, value for value."""
+    train_many(pack_items(tmp_path / "ref"), progress=False, batched=True)
+    _kill_after_run_0_saved_epoch_2(pack_items(tmp_path / "run"), monkeypatch, batched=True)
     epochs = [torch.load(tmp_path / "run" / f"r{i}" / runs.CHECKPOINT, weights_only=False)["epoch"] for i in range(3)]
     assert epochs == [2, 1, 1]                 # misaligned, as a kill can leave a pack
     load, devices = torch.load, []
@@ -167,18 +172,7 @@ def test_a_stop_leaves_a_run_that_trained_nothing_untouched(tmp_path, monkeypatc
     and 2 train their epoch and checkpoint it; run 0, which trained nothing this session, keeps every byte."""
     import elr.train as T
 
-    real, calls = T._save, []
-
-    def save(m, wall):
-        calls.append(m.out.name)
-        if len(calls) == 3 + 2:                # epoch 1 saved by all, epoch 2 by run 0 only
-            raise _Kill
-        real(m, wall)
-
-    monkeypatch.setattr(T, "_save", save)
-    with pytest.raises(_Kill):
-        train_many(pack_items(tmp_path, epochs=4), progress=False)
-    monkeypatch.setattr(T, "_save", real)
+    _kill_after_run_0_saved_epoch_2(pack_items(tmp_path, epochs=4), monkeypatch)
     (tmp_path / "r0" / runs.CHECKPOINT_PREV).unlink()
     files = lambda d: {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.is_file()}  # noqa: E731
     ahead = files(tmp_path / "r0")
