@@ -461,6 +461,18 @@ def test_setup_compile_compiles_when_asked_or_when_it_pays_and_quiets_the_cpu_co
     assert logger.level == logging.ERROR
 
 
+def test_a_run_builds_its_state_on_its_device_and_counts_its_steps_for_compile(tmp_path, monkeypatch):
+    import elr.train as T
+
+    built, asked = [], []
+    real_build, real_setup = T.build_state, T.setup_compile
+    monkeypatch.setattr(T, "build_state", lambda cfg, n, device: built.append(device) or real_build(cfg, n, device))
+    monkeypatch.setattr(T, "setup_compile", lambda state, cfg, steps, *a: asked.append(steps) or
+                        real_setup(state, cfg, steps, *a))
+    T.train(RunConfig(**{**SMALL, "subset": 100}, batch_size=30, epochs=3), tmp_path / "r", progress=False)
+    assert built == [torch.device("cpu")] and asked == [3 * 4]     # 100 images in batches of 30: 4 steps an epoch
+
+
 def test_a_run_loads_the_data_its_config_names(tmp_path, monkeypatch):
     import elr.train as T
 
