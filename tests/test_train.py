@@ -473,6 +473,19 @@ def test_a_run_builds_its_state_on_its_device_and_counts_its_steps_for_compile(t
     assert built == [torch.device("cpu")] and asked == [3 * 4]     # 100 images in batches of 30: 4 steps an epoch
 
 
+def test_checkpoints_every_k_epochs_and_always_at_the_last_and_at_a_divergence(tmp_path, monkeypatch):
+    import elr.train as T
+
+    real, saved = T._save, []
+    monkeypatch.setattr(T, "_save", lambda m, wall: saved.append(m.state.epoch) or real(m, wall))
+    T.train(RunConfig(**SMALL, batch_size=50, epochs=5, checkpoint_every=2), tmp_path / "k", progress=False)
+    assert saved == [2, 4, 5]
+    saved.clear()
+    summary = T.train(RunConfig(**SMALL, batch_size=50, epochs=5, lr=1e38, checkpoint_every=100), tmp_path / "nan",
+                      progress=False)
+    assert summary["diverged"] and saved == [summary["diverged_epoch"]]
+
+
 def test_a_run_loads_the_data_its_config_names(tmp_path, monkeypatch):
     import elr.train as T
 
