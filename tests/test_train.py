@@ -374,9 +374,9 @@ def test_compile_falls_back_to_eager_with_one_notice(tmp_path, capsys, monkeypat
 
 def test_summary_reports_the_first_epochs_compile_time(tmp_path, monkeypatch):
     """compile_seconds: the first epoch's excess over the second, in this session. On a clock that only a stand-in
-    compile moves, its first training-mode call costs 1.0 s (torch.compile makes the training graph there; epoch
-    0's evaluation made the eval-mode graph before) and the first step of epoch 2 costs 0.25 s, so the excess is
-    0.75 s exactly (their sum, or a rounding to whole seconds, is not)."""
+    compile moves, its first training-mode call costs 1.0049 s (torch.compile makes the training graph there;
+    epoch 0's evaluation made the eval-mode graph before) and the first step of epoch 2 costs 0.25 s, so the
+    excess is 0.7549 s, reported to the hundredth: 0.75 (their sum, or another rounding, is not)."""
     clock, calls = [100.0], []
     monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
 
@@ -384,7 +384,7 @@ def test_summary_reports_the_first_epochs_compile_time(tmp_path, monkeypatch):
         def call(x):
             if model.training:
                 calls.append(x)
-                clock[0] += {1: 1.0, 5: 0.25}.get(len(calls), 0.0)   # 4 steps an epoch: call 5 opens epoch 2
+                clock[0] += {1: 1.0049, 5: 0.25}.get(len(calls), 0.0)  # 4 steps an epoch: call 5 opens epoch 2
             return model(x)
         return call
 
