@@ -262,15 +262,11 @@ def test_a_damaged_checkpoints_reason_is_one_short_line(error, reason, tmp_path,
 
 
 def test_a_notice_gets_its_own_line_under_a_live_line(tmp_path, monkeypatch):
-    import io
     import re
     import sys
 
     from elr.train import train
-
-    class Terminal(io.StringIO):
-        def isatty(self):
-            return True
+    from test_progress import Terminal
 
     cfg, run = _interrupted_at(tmp_path, monkeypatch)
     (run / runs.CHECKPOINT).write_bytes(b"garbage")

@@ -105,10 +105,7 @@ def test_a_packs_live_line_on_a_terminal_and_its_batched_choice_reach_the_pack(t
 
     import elr.pack
     import elr.train
-
-    class Terminal(io.StringIO):
-        def isatty(self):
-            return True
+    from test_progress import Terminal
 
     real, batched, on_step = elr.pack.run_packed_epoch, [], []
 
@@ -171,11 +168,11 @@ def test_a_stop_leaves_a_run_that_trained_nothing_untouched(tmp_path, monkeypatc
     """Resumed with run 0 an epoch ahead and no previous checkpoint to step it back, then stopped at once: runs 1
     and 2 train their epoch and checkpoint it; run 0, which trained nothing this session, keeps every byte."""
     import elr.train as T
+    from test_faults import snapshot
 
     _kill_after_run_0_saved_epoch_2(pack_items(tmp_path, epochs=4), monkeypatch)
     (tmp_path / "r0" / runs.CHECKPOINT_PREV).unlink()
-    files = lambda d: {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.is_file()}  # noqa: E731
-    ahead = files(tmp_path / "r0")
+    ahead = snapshot(tmp_path / "r0")
 
     class StopAtOnce(T._StopRequest):
         def __init__(self):
@@ -185,7 +182,7 @@ def test_a_stop_leaves_a_run_that_trained_nothing_untouched(tmp_path, monkeypatc
     monkeypatch.setattr(T, "_StopRequest", StopAtOnce)
     summaries = train_many(pack_items(tmp_path, epochs=4), progress=False)
     assert [(s["interrupted"], s["epochs_done"]) for s in summaries] == [(True, 2)] * 3
-    assert files(tmp_path / "r0") == ahead
+    assert snapshot(tmp_path / "r0") == ahead
     assert [torch.load(tmp_path / f"r{i}" / runs.CHECKPOINT, weights_only=False)["epoch"] for i in (1, 2)] == [2, 2]
 
 

@@ -28,6 +28,13 @@ class Stream:
         return "".join(e for e in self.events if e is not None)
 
 
+class Terminal(io.StringIO):
+    """A stderr that says it is a terminal: where `progress=None` shows the live line."""
+
+    def isatty(self):
+        return True
+
+
 @pytest.fixture
 def clock(monkeypatch):
     now = [1000.0]
