@@ -74,16 +74,18 @@ def main() -> int:
         def pytest_collection_modifyitems(self, items):
             Collect.ids |= {item.nodeid for item in items}
 
+    # the collection's arguments and each run's
+    pytest_args = ["--rootdir=.", "-q", "-p", "no:cacheprovider", "-m", "not slow"]
     files = sorted({t.split("::")[0] for ts in tests_of.values() for t in ts} | set(args.extra))
     with open(os.devnull, "w") as null:
         out, sys.stdout = sys.stdout, null
         try:
-            pytest.main(["--rootdir=.", "-q", "--collect-only", "-p", "no:cacheprovider", "-m", "not slow", *files],
-                        plugins=[Collect()])
+            pytest.main([*pytest_args, "--collect-only", *files], plugins=[Collect()])
         finally:
             sys.stdout = out
     skip = [a for t in args.skip for a in ("--deselect", t)]
     logs = results.with_suffix(".logs")
+    logs.mkdir(exist_ok=True)
 
     def tests_for(name: str) -> list[str]:
         own = set() if args.extra_only else set(tests_of.get(name.rsplit("__mutmut_", 1)[0], ())) & Collect.ids
@@ -101,14 +103,14 @@ def main() -> int:
             f.write(json.dumps({"name": name, "exit": code, "seconds": seconds}) + "\n")
         if code in (0, 1):
             log.unlink(missing_ok=True)
-        verdict = {1: "killed", 0: "SURVIVED"}.get(code, f"exit {code} (see {log})")
-        counts[verdict.split(" (")[0]] = counts.get(verdict.split(" (")[0], 0) + 1
-        print(f"{verdict:>9}  {name}  {seconds} s  [{sum(counts.values())}/{len(names)}]", flush=True)
+        verdict = {1: "killed", 0: "SURVIVED"}.get(code, f"exit {code}")
+        counts[verdict] = counts.get(verdict, 0) + 1
+        see = "" if code in (0, 1) else f" (see {log})"
+        print(f"{verdict:>9}{see}  {name}  {seconds} s  [{sum(counts.values())}/{len(names)}]", flush=True)
 
     for name in names:
         while len(running) >= args.jobs:
             reap()
-        logs.mkdir(exist_ok=True)
         log = logs / f"{name}.log"
         pid = os.fork()
         if pid == 0:    # the child: this mutant, its tests, its own output file
@@ -118,8 +120,7 @@ def main() -> int:
                 fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
                 os.dup2(fd, 1)
                 os.dup2(fd, 2)
-                code = pytest.main(["--rootdir=.", "-x", "-q", "-p", "no:cacheprovider", "-m", "not slow",
-                                    *tests_for(name)])
+                code = pytest.main([*pytest_args, "-x", *tests_for(name)])
                 os._exit(int(code))
             except BaseException:
                 os._exit(3)
