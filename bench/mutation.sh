@@ -10,8 +10,9 @@
 # For each module: a throwaway clone of the current commit (HEAD: commit first; uncommitted edits are not
 # measured), its [tool.mutmut] section with that module and its test files (MAP below) added, `mutmut run`, then one
 # line: mutants, killed, survived, "no tests" (mutants in a function that none of the selected tests executes),
-# timeouts, wall time. The surviving mutants' names are written to $OUT/MODULE.survivors (default OUT:
-# ./mutation-out). Exits non-zero if mutmut itself fails (a failing clean test run, a crash), not for survivors.
+# timeouts, wall time. The surviving mutants' names are written to $OUT/MODULE.survivors, mutmut's output to
+# $OUT/MODULE.log (default OUT: ./mutation-out). Exits non-zero if mutmut itself fails (a failing clean test run,
+# a crash), not for survivors.
 #
 # mutmut runs, per mutant, only the selected tests that executed the mutated function, so the test selection is
 # the time lever: the map names the fast test files that exercise each module, and `-m "not slow"` leaves out
@@ -74,8 +75,10 @@ EOF
     start=$SECONDS
     budget=()
     [ -n "${BUDGET:-}" ] && budget=(timeout --signal=INT --kill-after=120 "${BUDGET}m")
-    # mutmut run, with each mutant's tests fastest first (same tests, same verdicts; see the script's docstring)
-    (cd "$dir" && "${budget[@]}" python "$ROOT/bench/mutmut_fastest_first.py" run 2>&1 | tail -c 2000
+    # mutmut run, with each mutant's tests fastest first (same tests, same verdicts; see the script's docstring);
+    # its whole output goes to $OUT/MODULE.log (a failing clean run prints pytest's report there), its tail here
+    (cd "$dir" && "${budget[@]}" python "$ROOT/bench/mutmut_fastest_first.py" run 2>&1 | tee "$OUT/$m.log" \
+         | tail -c 2000
      exit "${PIPESTATUS[0]}")
     rc=$?
     wall=$((SECONDS - start))
@@ -83,7 +86,7 @@ EOF
     [ -n "${BUDGET:-}" ] && [ $rc -eq 124 ] && { echo "$m: budget of ${BUDGET} min spent: a partial row"; rc=0; }
     if [ $rc -ne 0 ] || ! (cd "$dir" && "$MUTMUT" export-cicd-stats >/dev/null \
                            && [ -f mutants/mutmut-cicd-stats.json ]); then
-        echo "$m: mutmut failed (exit $rc) after ${wall} s; the clone is kept in $dir" >&2
+        echo "$m: mutmut failed (exit $rc) after ${wall} s; its output is in $OUT/$m.log, the clone kept in $dir" >&2
         ROWS+=("$(printf '%-10s %8s %8s %9s %9s %9s %8s' "$m" FAILED - - - - "$((wall / 60))m$((wall % 60))s")")
         status=1
         continue
