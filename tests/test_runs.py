@@ -106,3 +106,30 @@ def test_a_setting_falls_back_to_its_default_only_when_absent_or_null(tmp_path):
     run = Run(fakeruns.write_run(tmp_path, "r", epochs=3))
     run.config["nothing"] = None
     assert run.setting("absent", 5) == 5 and run.setting("nothing", 5) == 5 and run.setting("lr", 5) == 0.1
+
+
+@pytest.mark.parametrize("bad_lines, more", [((2,), ""), ((2, 4), " (and 1 more)"), ((2, 4, 5), " (and 2 more)")])
+def test_a_resume_over_damaged_lines_names_the_first_and_counts_the_others(bad_lines, more, tmp_path):
+    path = fakeruns.write_run(tmp_path, "r", epochs=6)
+    lines = (path / runs.METRICS).read_text().splitlines()
+    for number, bad in zip(bad_lines, ["garbage", "", "[1]"]):      # not JSON, blank, not a record
+        lines[number - 1] = bad
+    (path / runs.METRICS).write_text("\n".join(lines) + "\n")
+    with pytest.raises(RunDirError) as e:
+        runs.check_metrics(path)
+    assert str(e.value) == (f"{path / runs.METRICS} line 2 is damaged (not JSON){more}; every other line is intact: "
+                            "repair or delete that line, then rerun to resume")
+
+
+@pytest.mark.parametrize("summary, ended", [
+    (None, False),                                                   # no summary: still to train
+    ({"finished": False, "diverged": False}, False),                 # neither (the trainer never writes this): to train
+    ({"finished": True, "diverged": False}, True),
+    ({"finished": False, "diverged": True}, True),                   # a diverged run has nothing left to train
+])
+def test_a_run_has_ended_when_its_summary_says_finished_or_diverged(summary, ended, tmp_path):
+    path = fakeruns.write_run(tmp_path, "r", epochs=3)
+    (path / runs.SUMMARY).unlink()
+    if summary is not None:
+        runs.write_json(path / runs.SUMMARY, {**summary, "epochs_done": 3})
+    assert runs.run_ended(path) is ended
