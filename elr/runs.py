@@ -166,7 +166,7 @@ def append_metrics(run_dir: str | os.PathLike, record: dict) -> None:
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
     """The trained epochs' records (epoch >= 1) in order; see `read_initial` for epoch 0."""
-    return [r for r in _read_records(run_dir) if r.get("epoch", 1) >= 1]
+    return [r for r in _read_records(run_dir) if r["epoch"] >= 1]    # every record has an int epoch (_valid_record)
 
 
 def read_initial(run_dir: str | os.PathLike) -> dict | None:
@@ -328,7 +328,7 @@ class Run:
         self.name = self.path.name
         self.config = read_config(self.path)
         records, damaged, torn = scan_metrics(self.path)
-        self.metrics = [r for r in records if r.get("epoch", 1) >= 1]
+        self.metrics = [r for r in records if r["epoch"] >= 1]            # scan_metrics: each has an int epoch
         self.initial = next((r for r in records if r.get("epoch") == 0), None)  # None: made before epoch 0 was logged
         self.problems = [f"{METRICS} line {n} is damaged ({why}) and skipped" for n, why in damaged]
         if torn:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import fakeruns
@@ -123,7 +124,7 @@ def test_a_resume_over_damaged_lines_names_the_first_and_counts_the_others(bad_l
 
 @pytest.mark.parametrize("summary, ended", [
     (None, False),                                                   # no summary: still to train
-    ({"finished": False, "diverged": False}, False),                 # neither (the trainer never writes this): to train
+    ({"finished": False, "diverged": False}, False),                 # neither (the trainer never writes it)
     ({"finished": True, "diverged": False}, True),
     ({"finished": False, "diverged": True}, True),                   # a diverged run has nothing left to train
 ])
@@ -133,3 +134,57 @@ def test_a_run_has_ended_when_its_summary_says_finished_or_diverged(summary, end
     if summary is not None:
         runs.write_json(path / runs.SUMMARY, {**summary, "epochs_done": 3})
     assert runs.run_ended(path) is ended
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_an_atomic_write_goes_through_a_hidden_temp_file_beside_its_target_with_the_usual_permissions(umask,
+                                                                                                        tmp_path):
+    seen = []
+
+    def write(f):
+        seen.extend(p.name for p in tmp_path.iterdir())     # mid-write: what a kill here would leave behind
+        f.write(b"new")
+
+    target = tmp_path / "summary.json"
+    old = os.umask(umask)
+    try:
+        runs.atomic_write(target, write)
+    finally:
+        os.umask(old)
+    # beside the target (os.replace within one file system is atomic), hidden, named for its target
+    assert len(seen) == 1 and seen[0].startswith(".summary.json.") and seen[0].endswith(".tmp"), seen
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"] and target.read_bytes() == b"new"
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask          # not mkstemp's 0600
+
+
+def test_strict_json_has_no_nan_and_numpy_scalars_become_numbers(tmp_path):
+    obj = {"a": np.float32(1.5), "b": np.int64(3), "c": np.float64("nan"), "d": [float("inf"), (1, -np.inf)], 5: 1}
+    assert runs.clean_json(obj) == {"a": 1.5, "b": 3, "c": None, "d": [None, [1, None]], "5": 1}
+    assert runs.dumps(obj) == '{"a": 1.5, "b": 3, "c": null, "d": [null, [1, null]], "5": 1}'   # keys in order
+    runs.write_json(tmp_path / "s.json", obj)                                 # indented for a reader, one newline
+    assert (tmp_path / "s.json").read_text() == ('{\n  "a": 1.5,\n  "b": 3,\n  "c": null,\n  "d": [\n    null,\n'
+                                                 '    [\n      1,\n      null\n    ]\n  ],\n  "5": 1\n}\n')
+
+
+def test_the_metrics_scan_names_each_damaged_line_and_a_missing_log_is_empty_not_torn(tmp_path):
+    path = fakeruns.write_run(tmp_path, "r", epochs=6)
+    lines = (path / runs.METRICS).read_text().splitlines()
+    lines[1], lines[3], lines[4] = "garbage", " ", "[1]"
+    initial = runs.dumps({**json.loads(lines[0]), "epoch": 0})         # the state at initialisation
+    (path / runs.METRICS).write_text("\n".join([initial] + lines) + "\n")
+    records, damaged, torn = runs.scan_metrics(path)
+    assert damaged == [(3, "not JSON"), (5, "blank"), (6, "not a record with an integer epoch")] and not torn
+    assert [r["epoch"] for r in records] == [0, 1, 3, 6] and runs.read_initial(path)["epoch"] == 0
+    assert [r["epoch"] for r in runs.read_metrics(path)] == [1, 3, 6] == [r["epoch"] for r in Run(path).metrics]
+    (path / runs.METRICS).unlink()
+    assert runs.scan_metrics(path) == ([], [], False)
+    assert not any("torn" in p for p in Run(path).problems), Run(path).problems
+
+
+def test_a_damaged_summary_says_how_to_rebuild_it(tmp_path):
+    path = fakeruns.write_run(tmp_path, "r", epochs=3)
+    (path / runs.SUMMARY).write_text("[]")
+    with pytest.raises(RunDirError) as e:
+        runs.read_summary(path)
+    assert str(e.value) == (f"{path / runs.SUMMARY} is damaged (a JSON list, not an object); delete it and rerun "
+                            "the training command to rebuild it from the checkpoint")
