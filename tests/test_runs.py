@@ -176,6 +176,10 @@ def test_the_metrics_scan_names_each_damaged_line_and_a_missing_log_is_empty_not
     assert damaged == [(3, "not JSON"), (5, "blank"), (6, "not a record with an integer epoch")] and not torn
     assert [r["epoch"] for r in records] == [0, 1, 3, 6] and runs.read_initial(path)["epoch"] == 0
     assert [r["epoch"] for r in runs.read_metrics(path)] == [1, 3, 6] == [r["epoch"] for r in Run(path).metrics]
+    # a damaged last line, even newline-terminated, reads as a crash's torn line: a resume drops and redoes it
+    with open(path / runs.METRICS, "a") as f:
+        f.write('{"epoch": 7, "tr\n')
+    assert runs.scan_metrics(path)[1:] == (damaged, True)
     (path / runs.METRICS).unlink()
     assert runs.scan_metrics(path) == ([], [], False)
     assert not any("torn" in p for p in Run(path).problems), Run(path).problems
