@@ -53,8 +53,6 @@ class RunState:
     perm: torch.Generator           # batch order; its state is checkpointed
     epoch: int = 0
     step: int = 0
-    best_acc: float = -1.0
-    best_epoch: int = 0
     wall_time: float = 0.0          # training seconds before this session (resumes add up)
     forward: object = None          # model(x) as the run computes it: the module, or its compiled form
     precision: str = "fp32"         # bf16: forward and loss under autocast; weights, optimizer and norms stay fp32
@@ -73,7 +71,7 @@ class RunState:
         return {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(), "epoch": self.epoch, "step": self.step,
-            "best_acc": self.best_acc, "best_epoch": self.best_epoch, "wall_time": wall_time,
+            "wall_time": wall_time,
             "rng": {"torch": torch.get_rng_state(), "perm": self.perm.get_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                     "numpy": np.random.get_state(), "python": random.getstate()},
@@ -83,7 +81,7 @@ class RunState:
         self.model.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
         self.schedule.load_state_dict(ck["schedule"])
-        for k in ("epoch", "step", "best_acc", "best_epoch", "wall_time"):
+        for k in ("epoch", "step", "wall_time"):    # a checkpoint's older keys (best_acc, best_epoch) go unread
             setattr(self, k, ck[k])
         rng = ck["rng"]
         torch.set_rng_state(rng["torch"])
@@ -657,11 +655,10 @@ def _save(m: _Member, wall_time: float) -> None:
 
 
 def _end_epoch(m: _Member, record: dict, session_start: float, stopping: bool) -> None:
-    """Log one finished epoch of a run: its metrics line, best accuracy, divergence, schedule, checkpoint."""
+    """Log one finished epoch of a run: its metrics line, divergence, schedule, checkpoint (the best accuracy is
+    the summary's, read from the metrics lines)."""
     state, cfg = m.state, m.cfg
     record["wall_time"] = state.wall_time + time.perf_counter() - session_start
-    if record["test_acc"] is not None and record["test_acc"] > state.best_acc:
-        state.best_acc, state.best_epoch = record["test_acc"], state.epoch
     if not finite(record):
         m.diverged_epoch = state.epoch
     runs.append_metrics(m.out, record)
