@@ -502,6 +502,7 @@ class _Member:
     saved_epoch: int = -1
     diverged_epoch: int | None = None
     epoch_seconds: list = field(default_factory=list)
+    eval_compile_seconds: float = 0.0   # epoch 0's evaluation made the eval-mode graphs: its excess over a rerun
 
     @property
     def open(self) -> bool:
@@ -521,13 +522,23 @@ def _open_run(cfg: RunConfig, out: Path, data: Data, device: torch.device, say, 
                                                                       "pack": pack, "num_classes": data.num_classes}})
     _restore(state, out, device, say)
     kept = runs.truncate_metrics(out, state.epoch)  # lines past the checkpoint (or a torn tail) are redone
+    eval_compile = 0.0
     if state.epoch == 0 and runs.read_initial(out) is None:
+        started = time.perf_counter()
         runs.append_metrics(out, initial_record(state, data, cfg))
+        if compiled and state.forward.active:
+            # the compile of the eval-mode graphs falls here, before any epoch is timed: time one more evaluation
+            # (no state changes: eval mode, no gradient, no random numbers) and count the excess
+            first = time.perf_counter() - started
+            started = time.perf_counter()
+            evaluate(state, data)[1].item()   # .item(): wait for the device
+            eval_compile = max(0.0, first - (time.perf_counter() - started))
     # a run killed between its diverged epoch's checkpoint and its summary has ended there: its weights are NaN
     last = kept[-1] if kept else {}
     diverged = state.epoch if state.epoch > 0 and last.get("epoch") == state.epoch and not finite(last) else None
     # every run keeps its previous checkpoint while it trains: a damaged checkpoint.pt then costs a few epochs
-    return _Member(cfg, out, state, compiled, saved_epoch=state.epoch, diverged_epoch=diverged)
+    return _Member(cfg, out, state, compiled, saved_epoch=state.epoch, diverged_epoch=diverged,
+                   eval_compile_seconds=eval_compile)
 
 
 def _restore(state: RunState, out: Path, device: torch.device, say) -> None:
@@ -674,9 +685,10 @@ def _finish(m: _Member) -> dict:
     (m.out / runs.CHECKPOINT_PREV).unlink(missing_ok=True)   # the run ended: nothing will align to it
     summary = summarize(runs.read_metrics(m.out), m.cfg, m.diverged_epoch)
     active = m.compiled and m.state.forward.active
-    # the compile's cost, as the first epoch's excess over the second (both in this session)
-    summary.update(compiled=active, compile_seconds=(round(m.epoch_seconds[0] - m.epoch_seconds[1], 2)
-                                                     if active and len(m.epoch_seconds) > 1 else None))
+    # the compile's cost: the first epoch's excess over the second (both in this session), plus, in a session
+    # that began the run, epoch 0's evaluation's excess over a second one (the eval-mode graphs)
+    excess = m.epoch_seconds[0] - m.epoch_seconds[1] + m.eval_compile_seconds if len(m.epoch_seconds) > 1 else None
+    summary.update(compiled=active, compile_seconds=round(excess, 2) if active and excess is not None else None)
     runs.write_json(m.out / runs.SUMMARY, summary)
     return summary
 
