@@ -58,8 +58,11 @@ for m in "${MODULES[@]}"; do
     dir="$WORK/$m"
     rm -rf "$dir"
     git clone -q "$ROOT" "$dir" || { echo "$m: git clone failed" >&2; status=1; continue; }
+    # the module's file: elr/training/MODULE.py or elr/analysis/MODULE.py (elr/ is grouped by concept)
+    src=$(cd "$dir" && ls elr/*/"$m".py elr/"$m".py 2>/dev/null | head -1)
+    [ -n "$src" ] || { echo "$m: no elr/*/$m.py in this checkout" >&2; status=1; continue; }
     # the checkout's [tool.mutmut] (the defaults in pyproject.toml) plus this module and its test files
-    python - "$dir/pyproject.toml" "$m" "$(toml_list ${MAP[$m]})" <<'EOF' || { status=1; continue; }
+    python - "$dir/pyproject.toml" "$src" "$(toml_list ${MAP[$m]})" <<'EOF' || { status=1; continue; }
 import sys
 path, module, tests = sys.argv[1:]
 text = open(path).read()
@@ -67,11 +70,11 @@ if "\n[tool.mutmut]\n" not in text:
     sys.exit(f"{module}: {path} has no [tool.mutmut] section (a checkout older than bench/mutation.sh)")
 open(path, "w").write(text.replace("\n[tool.mutmut]\n", f"""
 [tool.mutmut]
-only_mutate = ["elr/{module}.py"]
+only_mutate = ["{module}"]
 pytest_add_cli_args_test_selection = {tests}
 """, 1))
 EOF
-    echo "=== $m: mutating elr/$m.py against ${MAP[$m]}"
+    echo "=== $m: mutating $src against ${MAP[$m]}"
     start=$SECONDS
     budget=()
     [ -n "${BUDGET:-}" ] && budget=(timeout --signal=INT --kill-after=120 "${BUDGET}m")

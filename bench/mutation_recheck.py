@@ -31,7 +31,7 @@ os.environ.update(CI="true", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("module", help="the mutated module, e.g. train (elr/train.py)")
+    ap.add_argument("module", help="the mutated module, e.g. train (elr/training/train.py)")
     ap.add_argument("names", nargs="*", help="mutant names (default: see --unchecked / --survivors)")
     ap.add_argument("--unchecked", action="store_true", help="the mutants without a mutmut result")
     ap.add_argument("--survivors", action="store_true", help="the mutants mutmut found surviving")
@@ -46,7 +46,8 @@ def main() -> int:
     if args.extra_only and not args.extra:
         print("mutation_recheck: --extra-only needs --extra FILE ...", file=sys.stderr)
         return 2
-    meta_path = Path("elr") / f"{args.module}.py.meta"
+    # elr/training/MODULE.py.meta or elr/analysis/MODULE.py.meta (elr/ is grouped by concept), or a flat checkout's
+    meta_path = next(Path("elr").rglob(f"{args.module}.py.meta"), Path("elr") / f"{args.module}.py.meta")
     if not meta_path.exists() or not Path("mutmut-stats.json").exists():
         print(f"mutation_recheck: no {meta_path} or mutmut-stats.json here: run it in a kept clone's mutants/ "
               "directory (KEEP=1 bash bench/mutation.sh MODULE)", file=sys.stderr)

@@ -12,7 +12,7 @@ def _interrupted_while_loading(signum, frame):
 
 signal.signal(signal.SIGINT, _interrupted_while_loading)
 from .cli import main  # noqa: E402
-from . import data  # noqa: E402,F401  (torch: most of the start-up's seconds, before main's first line)
+from .training import data  # noqa: E402,F401  (torch: most of the start-up's seconds, before main's first line)
 
 signal.signal(signal.SIGINT, signal.default_int_handler)   # from here on, main's own handling of a Ctrl-C
 raise SystemExit(main())

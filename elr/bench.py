@@ -8,9 +8,9 @@ For each model it times whole training epochs over synthetic CIFAR-shaped tensor
 speed) in four modes:
 
     loop    a plain PyTorch loop: DataLoader(TensorDataset, shuffle=True), SGD, cross-entropy, fp32, contiguous
-    eager   the trainer's own epoch (elr.train.run_epoch, evaluation included), contiguous, not compiled
+    eager   the trainer's own epoch (elr.training.train.run_epoch, evaluation included), contiguous, not compiled
     fast    the same with channels_last and torch.compile (the trainer's defaults for long runs)
-    packed  K runs stepped together by elr.pack.run_packed_epoch (vmapped on CUDA, in turn on a CPU)
+    packed  K runs stepped together by elr.training.pack.run_packed_epoch (vmapped on CUDA, in turn on a CPU)
 
 and reports images/s, model-epochs/s (one epoch of the 50,000-image study), the ratios to loop and eager, the
 model FLOP utilisation, the compile time, and the wall time each study scale in experiments/design.toml would
@@ -38,8 +38,8 @@ import torch.nn.functional as F
 
 from . import runs
 from .config import PRECISIONS, ConfigError, RunConfig, check_device
-from .data import SYNTHETIC_TEST, SYNTHETIC_TRAIN, Data, n_batches
-from .models import MODELS, build_model
+from .training.data import SYNTHETIC_TEST, SYNTHETIC_TRAIN, Data, n_batches
+from .training.models import MODELS, build_model
 from .progress import duration
 
 BATCH = 128                      # the design's batch (experiments/design.toml batch_size)
@@ -56,7 +56,7 @@ QUICK = {"images": 1280, "test_images": 500, "warmup": 1, "repeats": 2, "pack": 
 # core), and its fast and packed rows say "skipped (--quick)": a cold compile of resnet18 alone exceeds the budget
 QUICK_MAX_TRAIN_FLOPS = 1e8
 QUICK_BIG_IMAGES, QUICK_BIG_TEST = 256, 128
-# split sizes of the data sets a design can name (elr.data): CIFAR-10 50,000/10,000 (Krizhevsky 2009)
+# split sizes of the data sets a design can name (elr.training.data): CIFAR-10 50,000/10,000 (Krizhevsky 2009)
 SPLITS = {"cifar10": (50_000, 10_000), "synthetic": (SYNTHETIC_TRAIN, SYNTHETIC_TEST)}
 # workers a scale's documented command uses: experiments/design.toml, "[scales.cpu] # pytest experiments/ --scale
 # cpu --data npz:PATH -n 2"; the other scales run serially
@@ -65,7 +65,7 @@ WORKERS = {"cpu": 2}
 # with sparsity, dense is half). PCIe and NVL parts have lower clocks, so they are measured instead.
 GPU_PEAKS = {"H100": {"fp32": 67e12, "tf32": 494.7e12, "bf16": 989.4e12},
              "H200": {"fp32": 67e12, "tf32": 494.7e12, "bf16": 989.4e12}}
-PACK_MISSING = "not available (elr.pack missing)"
+PACK_MISSING = "not available (elr.training.pack missing)"
 SKIPPED = "skipped (--quick)"
 OOM = "out of memory (K runs do not fit the device)"
 
@@ -229,9 +229,9 @@ def seconds_per_unit(epoch_s: float, train_images: int, eval_images: int, forwar
 
 
 def split_sizes(cfg: RunConfig) -> tuple[int, int]:
-    """(train, test) images a run sees per epoch, by elr.data's rules: the data set's splits (CIFAR-10 for an
+    """(train, test) images a run sees per epoch, by elr.training.data's rules: the data set's splits (CIFAR-10 for an
     npz file, its usual content), a --subset of the training split, a test subset of --test-subset images or
-    proportional to the subset, rounded half up (elr.data._subset_indices)."""
+    proportional to the subset, rounded half up (elr.training.data._subset_indices)."""
     n_train, n_test = SPLITS.get(cfg.data, SPLITS["cifar10"])
     if cfg.test_subset is not None:
         test = cfg.test_subset
@@ -382,17 +382,17 @@ def bench_config(name: str, width: int | None, precision: str, device: str, chan
 
 
 def to_channels_last(data: Data) -> Data:
-    """NHWC once, as elr.train does: a minibatch gathered along N keeps the layout, so no per-step copy."""
+    """NHWC once, as elr.training.train does: a minibatch gathered along N keeps the layout, so no per-step copy."""
     return dataclasses.replace(data, x_train=data.x_train.contiguous(memory_format=torch.channels_last),
                                x_test=data.x_test.contiguous(memory_format=torch.channels_last))
 
 
 def _trainer_epoch(state, data: Data, cfg: RunConfig):
-    from .train import run_epoch
+    from .training.train import run_epoch
 
     def epoch():
         record = run_epoch(state, data, cfg)
-        state.schedule.on_epoch_end(state.epoch, record["test_loss"])  # as elr.train's loop does
+        state.schedule.on_epoch_end(state.epoch, record["test_loss"])  # as elr.training.train's loop does
     return epoch
 
 
@@ -417,7 +417,8 @@ def _fill(row: dict, times: list[float], warmup: int, train_images: int, eval_im
 
 
 def trained(n: int) -> int:
-    """Images an epoch over n trains on: all but a dropped last batch of one (elr.data.n_batches; BatchNorm)."""
+    """Images an epoch over n trains on: all but a dropped last batch of one (elr.training.data.n_batches;
+    BatchNorm)."""
     return min(n, n_batches(n, BATCH) * BATCH)
 
 
@@ -428,7 +429,7 @@ def _is_oom(e: BaseException) -> bool:
 def measure_model(name: str, width: int | None, plan: Plan, peaks: dict, flops: tuple[float, float],
                   say) -> list[dict]:
     """Every requested row of one model, in order: loop, then eager, fast and packed K per precision."""
-    from .train import build_state
+    from .training.train import build_state
 
     device = torch.device(plan.device)
     big = plan.quick and flops[0] > QUICK_MAX_TRAIN_FLOPS
@@ -479,7 +480,7 @@ def measure_model(name: str, width: int | None, plan: Plan, peaks: dict, flops: 
 def _measure_fast(name, width, precision, plan: Plan, nhwc: Data, flops, peak, say) -> dict:
     import torch._dynamo
 
-    from .train import build_state, setup_compile
+    from .training.train import build_state, setup_compile
 
     device = torch.device(plan.device)
     notes = []
@@ -529,18 +530,18 @@ def profile_epoch(epoch) -> dict[str, float]:
 
 
 def _measure_packed(name, width, precision, k, plan: Plan, nhwc: Data, flops, peak) -> dict:
-    from .train import build_state
+    from .training.train import build_state
 
     row = _row(name, width, "packed", precision, k)
     try:
-        from .pack import run_packed_epoch
+        from .training.pack import run_packed_epoch
     except ImportError:
         row["status"] = PACK_MISSING
         return row
     device = torch.device(plan.device)
     states = None
     try:
-        # as elr.train.train_many runs a pack: channels_last (the default), not compiled, one seed per run
+        # as elr.training.train.train_many runs a pack: channels_last (the default), not compiled, one seed per run
         cfgs = [bench_config(name, width, precision, plan.device, channels_last=True, compile=False, seed=s)
                 for s in range(k)]
         states = [build_state(c, NUM_CLASSES, device) for c in cfgs]
@@ -548,7 +549,7 @@ def _measure_packed(name, width, precision, k, plan: Plan, nhwc: Data, flops, pe
 
         def epoch():
             records = run_packed_epoch(states, nhwc, cfgs)
-            for s, r in zip(states, records):   # as elr.train's loop ends each run's epoch
+            for s, r in zip(states, records):   # as elr.training.train's loop ends each run's epoch
                 s.schedule.on_epoch_end(s.epoch, r["test_loss"])
             evaluated.append(all(r.get("test_acc") is not None for r in records))
         times = time_epochs(epoch, plan.warmup + plan.repeats, device)
@@ -661,9 +662,9 @@ def report_text(result: dict) -> str:
              "eager/fast/packed epochs include the trainer's evaluation of the test images (counted in MFU, not in "
              "images/s); model-epoch = 50,000 images; × loop and × eager: over the model's fp32 loop and eager rows; "
              "eager is contiguous and not compiled; fast is channels_last and compiled; packed K steps K runs together "
-             "through elr.pack.run_packed_epoch with its defaults (one vmapped forward on CUDA, each model in turn "
-             "on a CPU), channels_last and not compiled, as elr.train.train_many packs; its images/s count all K "
-             "runs' training images; compile s = first epoch - steady epoch."]
+             "through elr.training.pack.run_packed_epoch with its defaults (one vmapped forward on CUDA, each model "
+             "in turn on a CPU), channels_last and not compiled, as elr.training.train.train_many packs; its images/s "
+             "count all K runs' training images; compile s = first epoch - steady epoch."]
     if any((r["mfu"] or 0) > 1 for r in result["rows"]):
         lines.append("MFU over 100%: MFU counts the direct convolution's FLOPs; a backend that convolves with fewer "
                      "multiplications (Winograd-type 3x3 kernels: on the 2-core AMD CPU a 3x3 conv ran at ~2x the "

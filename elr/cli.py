@@ -128,8 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Time whole training epochs on synthetic CIFAR-shaped data, batch 128, in four "
                                    "modes: loop (a plain DataLoader + SGD loop, the baseline), eager (the trainer's "
                                    "epoch, evaluation included), fast (channels_last + torch.compile), packed K "
-                                   "(K runs at once through elr.pack). Prints a table, the projected wall time of "
-                                   "each study scale, and writes JSON. Full default CPU run: ~2 h (resnet18 ~3 s a "
+                                   "(K runs at once through elr.training.pack). Prints a table, the projected wall "
+                                   "time of each study scale, and writes JSON. Full default CPU run: ~2 h (resnet18 ~3 s a "
                                    "step on one core); --quick: < 2 min.")
     b.add_argument("--models", help="NAME or NAME:WIDTH, comma-separated (default convnet_si:8,convnet_si,resnet18; "
                                     "--quick: convnet_si:8,resnet18); accepted names: convnet_si, resnet18, "
@@ -168,7 +168,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def cmd_train(args) -> int:
-    from .train import RunDirConflict, train
+    from .training.train import RunDirConflict, train
 
     try:
         summary = train(config_from_args(args), args.out, progress=args.progress)
@@ -187,7 +187,7 @@ def cmd_train(args) -> int:
 
 def cmd_inspect(args) -> int:
     from . import runs
-    from .inspect import analyse, summary_text
+    from .analysis.inspect import analyse, summary_text
 
     if not runs.is_run_dir(args.run_dir):
         raise ConfigError(f"{args.run_dir} is not a run directory: it has no {runs.CONFIG}")
@@ -203,7 +203,7 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import problem_lines
+    from .analysis.report import problem_lines
     from .study import rebuild_report
 
     def warn(root, loaded) -> None:     # on the console too: the report's section is easy to miss
@@ -233,9 +233,9 @@ def cmd_study(args) -> int:
 
 def _study_run(args) -> int:
     from .cluster import StudyFailed, Submitted, options_from, train_runs
-    from .report import REPORT_HTML, verdict_summary
+    from .analysis.report import REPORT_HTML, verdict_summary
     from .study import Design, StudyProgress, auto_pack, default_design, expand, rebuild_report
-    from .verdict import Verdict
+    from .analysis.verdict import Verdict
 
     design = args.design or default_design()
     if not design.is_file():
@@ -277,8 +277,9 @@ def cmd_bench(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = None
     try:
-        # inside the try: elr.data imports torch, seconds in which a Ctrl-C must end in one line, not a traceback
-        from .data import DataError
+        # inside the try: elr.training.data imports torch, seconds in which a Ctrl-C must end in one line, not a
+        # traceback
+        from .training.data import DataError
 
         args = build_parser().parse_args(argv)
         return {"train": cmd_train, "inspect": cmd_inspect, "report": cmd_report, "bench": cmd_bench,
@@ -289,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"elr: interrupted{resume}", file=sys.stderr)
         return 130
     except Exception as e:
-        from .data import DataError
+        from .training.data import DataError
 
         if isinstance(e, (ConfigError, DataError)):
             print(f"elr: error: {e}", file=sys.stderr)

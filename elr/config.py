@@ -25,7 +25,7 @@ PRECISIONS = ("fp32", "bf16")
 @dataclass
 class RunConfig:
     # --- model and data
-    model: str = "convnet_si"        # a name in elr.models.MODELS
+    model: str = "convnet_si"        # a name in elr.training.models.MODELS
     width: int | None = None         # base channel width; None = the model's default
     data: str = "synthetic"          # cifar10 | npz:PATH | synthetic
     subset: int | None = None        # class-balanced training subset size (test subset proportional)
@@ -99,8 +99,8 @@ class RunConfig:
         return self
 
     def validate(self) -> "RunConfig":
-        from .models import MODELS  # lazy: the registries import torch and torchvision
-        from .optim import OPTIMIZERS, SCHEDULES
+        from .training.models import MODELS  # lazy: the registries import torch and torchvision
+        from .training.optim import OPTIMIZERS, SCHEDULES
 
         def one_of(name, value, accepted):
             if value not in accepted:

@@ -161,7 +161,7 @@ def _cluster_options(config):
 def _check_request(config) -> str | None:
     """Why the requested study cannot start here (one line), or None. Cheapest checks first."""
     from elr.config import ConfigError
-    from elr.data import DataError, load_data
+    from elr.training.data import DataError, load_data
     from elr.study import Design
 
     if config.getoption("seeds") < 1:
@@ -346,9 +346,9 @@ class StudyReport:
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session):
         from elr import runs
-        from elr.report import write_report
+        from elr.analysis.report import write_report
         from elr.study import meta, report_dir
-        from elr.verdict import Verdict
+        from elr.analysis.verdict import Verdict
 
         for scale, root in self.studies.items():
             loaded = runs.load_runs(root)
@@ -358,7 +358,7 @@ class StudyReport:
             self.paths.append((write_report(out, verdicts, loaded, info), verdicts))
 
     def pytest_terminal_summary(self, terminalreporter):
-        from elr.report import REPORT_HTML, verdict_summary
+        from elr.analysis.report import REPORT_HTML, verdict_summary
 
         for path, verdicts in self.paths:
             terminalreporter.section("elr study report")

@@ -26,8 +26,8 @@ from .runlock import flock
 
 CONFIG, METRICS, CHECKPOINT, SUMMARY = "config.json", "metrics.jsonl", "checkpoint.pt", "summary.json"
 # a run keeps its previous checkpoint while it trains: a pack killed between its runs' checkpoint writes resumes
-# every run from the same epoch (elr.train.train_many), so a resumed pack computes what an unbroken one did; and a
-# damaged checkpoint.pt costs the epochs since the previous one, not the run
+# every run from the same epoch (elr.training.train.train_many), so a resumed pack computes what an unbroken one
+# did; and a damaged checkpoint.pt costs the epochs since the previous one, not the run
 CHECKPOINT_PREV = "checkpoint.prev.pt"
 CHECKPOINT_DAMAGED = "checkpoint.damaged.pt"   # a checkpoint that failed to load, kept aside, never read again
 # the trainer's flock, held for the whole session: two trainers on one directory would write every epoch twice

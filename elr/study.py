@@ -100,7 +100,7 @@ def expand(design: Design, scale_name: str, *, seeds: int = 1, data: str | None 
     """Every run of the study at one scale, times `seeds`: the 8 ELR grid points, the baseline draws, the
     plain-SGD twins of the grid points (H6) and the detector controls. check_device=False: a cluster
     controller's configs, for a device its tasks have and it may not (a login node without GPUs)."""
-    from .train import initial_rule_rate
+    from .training.train import initial_rule_rate
 
     scale = design.scale(scale_name)
     if data:
@@ -151,9 +151,9 @@ def default_design() -> Path:
 
 
 def pack_groups(configs: list[tuple[str, RunConfig]]) -> list[list[tuple[str, RunConfig]]]:
-    """The runs that can share a step (elr.train.PACK_KEYS), in design order, so that the same study packs the
+    """The runs that can share a step (elr.training.train.PACK_KEYS), in design order, so that the same study packs the
     same runs every time (a resumed pack recomputes what an unbroken one did)."""
-    from .train import pack_key
+    from .training.train import pack_key
 
     groups: dict[str, list[tuple[str, RunConfig]]] = {}
     for name, cfg in configs:
@@ -172,12 +172,12 @@ def train_all(configs: list[tuple[str, RunConfig]], root: str | Path, *, progres
     """Train every run not yet ended, cooperating with other processes on the same `root`.
 
     First pass: take unclaimed runs, up to `pack` at a time among runs that can share a step (the same model,
-    data, batch size and precision: elr.train.PACK_KEYS), and train each group as one pack. Second pass: wait
+    data, batch size and precision: elr.training.train.PACK_KEYS), and train each group as one pack. Second pass: wait
     on the runs others hold, and finish any whose holder died. `lock` is how runs are claimed (elr.runlock:
     flock, or a lease file where the filesystem does not honour flock across nodes). Raises ConfigError if a
     run directory holds a different configuration.
     """
-    from .train import RunDirConflict, train_many
+    from .training.train import RunDirConflict, train_many
 
     root = Path(root)
 
@@ -305,7 +305,7 @@ def meta(loaded: list[rundir.Run], **extra) -> dict:
 
 
 def evaluate(loaded: list[rundir.Run]):
-    from .claims import evaluate_all
+    from .analysis.claims import evaluate_all
 
     return evaluate_all(loaded)
 
@@ -329,7 +329,7 @@ def find_studies(path: str | Path) -> list[Path]:
 def report_dir(base: str | Path, name: str, source: Path) -> Path:
     """BASE/NAME, or BASE/NAME-2, -3, ... when BASE/NAME holds the report of another runs directory: a
     report is rebuilt in place only from the runs it was made from (report.SOURCE records them)."""
-    from .report import REPORT_MD, SOURCE
+    from .analysis.report import REPORT_MD, SOURCE
 
     base, k = Path(base), 1
     while True:
@@ -347,7 +347,7 @@ def rebuild_report(runs_dir: str | Path, out: str | Path | None = None, *, repor
     report per study found (find_studies). Default REPORTS: reports/<scale>-<date>/ (report_dir); with
     `out`, exactly there for one study, out/<scale>-<date>/ for several. on_load(root, runs) sees each study's
     loaded runs before its report is written."""
-    from .report import write_report
+    from .analysis.report import write_report
 
     studies = find_studies(runs_dir)
     made = []

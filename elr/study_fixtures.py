@@ -22,7 +22,7 @@ def study(request, scale) -> Study:
     """Train (or reuse, or resume) every run of the study at this scale, then judge all claims."""
     from elr import runs
     from elr.config import ConfigError
-    from elr.data import DataError
+    from elr.training.data import DataError
     from elr.study import Design, auto_pack, evaluate, expand
 
     config = request.config
@@ -41,7 +41,7 @@ def study(request, scale) -> Study:
 @pytest.fixture
 def judge(study, record_property):
     """judge("H3"): record the verdict for the report, then pass / fail / skip as the verdict says."""
-    from elr.verdict import HELD, REFUTED
+    from elr.analysis.verdict import HELD, REFUTED
 
     def _judge(claim_id: str):
         v = study.verdicts[claim_id]

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 import fakeruns
-from elr import detectors, theory
+from elr.analysis import detectors, theory
 from elr import runs as rundir
 from elr.runs import write_json
 

@@ -9,7 +9,7 @@ import types
 import pytest
 import torch
 
-import elr.train
+import elr.training.train
 from elr import bench
 from elr.cli import main
 from test_cli import run_bad    # one definition of a one-line error
@@ -152,7 +152,7 @@ def test_tiny_run_table_and_json(tmp_path, capsys):
 
 def test_fast_row_reports_the_compile_time(tmp_path, monkeypatch):
     """fast: channels_last data, setup_compile called as the trainer calls it; compile s = first - steady epoch."""
-    import elr.train
+    import elr.training.train
 
     seen = {}
 
@@ -174,7 +174,7 @@ def test_fast_row_reports_the_compile_time(tmp_path, monkeypatch):
         state.forward = SlowFirstCall(state.model)
         return True
 
-    monkeypatch.setattr(elr.train, "setup_compile", fake_setup)
+    monkeypatch.setattr(elr.training.train, "setup_compile", fake_setup)
     monkeypatch.setattr(bench, "design_path", lambda: tmp_path / "absent.toml")
     out = tmp_path / "b.json"
     assert main(TINY[:-4] + ["--warmup", "1", "--repeats", "2", "--modes", "fast", "--out", str(out)]) == 0
@@ -201,7 +201,7 @@ def test_profile_splits_a_real_fast_epoch(tmp_path, monkeypatch, capsys):
     the shares add up, and the line is printed; later compiles go back to unnamed kernels."""
     import torch._inductor.config as inductor
 
-    if elr.train.compile_unavailable(torch.device("cpu")):
+    if elr.training.train.compile_unavailable(torch.device("cpu")):
         pytest.skip("torch.compile unavailable here")
     monkeypatch.setattr(bench, "design_path", lambda: tmp_path / "absent.toml")
     out = tmp_path / "b.json"
@@ -217,10 +217,10 @@ def test_profile_splits_a_real_fast_epoch(tmp_path, monkeypatch, capsys):
 def test_packed_rows_without_pack_and_out_of_memory(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(bench, "design_path", lambda: tmp_path / "absent.toml")
     out = tmp_path / "b.json"
-    monkeypatch.setitem(sys.modules, "elr.pack", None)       # the import fails
+    monkeypatch.setitem(sys.modules, "elr.training.pack", None)       # the import fails
     assert main(TINY + ["--modes", "packed", "--pack", "1,4", "--out", str(out)]) == 0
     assert [r["status"] for r in json.loads(out.read_text())["rows"]] == [bench.PACK_MISSING] * 2
-    assert "not available (elr.pack missing)" in capsys.readouterr().out
+    assert "not available (elr.training.pack missing)" in capsys.readouterr().out
 
     calls = []
 
@@ -228,10 +228,10 @@ def test_packed_rows_without_pack_and_out_of_memory(tmp_path, monkeypatch, capsy
         calls.append(([c.seed for c in cfgs], [s.model is not states[0].model for s in states[1:]]))
         if len(states) > 1:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory")
-        from elr.train import run_epoch
+        from elr.training.train import run_epoch
         return [run_epoch(s, data, c) for s, c in zip(states, cfgs)]
 
-    monkeypatch.setitem(sys.modules, "elr.pack", types.SimpleNamespace(run_packed_epoch=run_packed_epoch))
+    monkeypatch.setitem(sys.modules, "elr.training.pack", types.SimpleNamespace(run_packed_epoch=run_packed_epoch))
     assert main(TINY + ["--modes", "packed", "--pack", "1,4", "--out", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
     assert [r["status"] for r in rows] == ["ok", bench.OOM]

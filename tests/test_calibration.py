@@ -15,7 +15,7 @@ only pause the norm's decay (no jump).
 import numpy as np
 import pytest
 
-from elr import detectors as D
+from elr.analysis import detectors as D
 
 LR = 0.3
 N_EPOCHS = 400

@@ -1,6 +1,6 @@
-"""elr.claims: each claim's aggregation over per-run analyses, with planted effects and planted nulls.
+"""elr.analysis.claims: each claim's aggregation over per-run analyses, with planted effects and planted nulls.
 
-The per-run analysis (elr.inspect.analyse: theory, episodes, drops) is tested in test_inspect.py and the
+The per-run analysis (elr.analysis.inspect.analyse: theory, episodes, drops) is tested in test_inspect.py and the
 detectors in test_detectors.py / test_calibration.py; here the analyses are given, so each claim's rule
 (what holds, what refutes, what stays inconclusive) is tested on its own. The last tests run the real
 chain (analyse -> evaluate_all) on run directories, degenerate ones included.
@@ -12,9 +12,10 @@ import math
 import numpy as np
 import pytest
 
-from elr import claims, runs
+from elr.analysis import claims
+from elr import runs
 from elr.runs import Run, load_runs
-from elr.verdict import HELD, INCONCLUSIVE, REFUTED, Verdict
+from elr.analysis.verdict import HELD, INCONCLUSIVE, REFUTED, Verdict
 
 import fakeruns
 
@@ -451,7 +452,7 @@ def test_the_planted_studys_verdicts_are_the_reviewed_ones(tmp_path):
     CI, runs, details (what the report reads) and reason (what a reader reads) equal the reviewed snapshot
     tests/planted_verdicts.json. ELR_UPDATE_SNAPSHOTS=1 rewrites it: review the diff."""
     import planted
-    from elr.report import verdict_json
+    from elr.analysis.report import verdict_json
 
     planted.write_planted_study(tmp_path)
     runs = load_runs(tmp_path)
@@ -463,11 +464,11 @@ def test_the_planted_studys_verdicts_are_the_reviewed_ones(tmp_path):
 
 # ------------------------------------------------------------------- edges and branches the planted study misses
 def test_synthetic_data_counts_elr_datas_classes_and_an_npz_is_never_unpickled(tmp_path, monkeypatch):
-    import elr.data
+    import elr.training.data
 
     run = FakeRun("r", "elr")
     run.config["data"] = "synthetic"
-    monkeypatch.setattr(elr.data, "SYNTHETIC_CLASSES", 7)       # read from elr.data, not assumed to be 10
+    monkeypatch.setattr(elr.training.data, "SYNTHETIC_CLASSES", 7)       # read from there, not assumed to be 10
     assert claims.num_classes(run) == 7
     # labels stored as a pickled object array: np.load(allow_pickle=False) refuses it, so the count is unknown
     np.savez(tmp_path / "obj.npz", y_train=np.array([1, 2, 99], dtype=object))

@@ -1,4 +1,4 @@
-"""elr.data: sources, validation, normalization, balanced subsets and minibatch order.
+"""elr.training.data: sources, validation, normalization, balanced subsets and minibatch order.
 
 Every data set here is made by the test (tmp_path .npz files, or the synthetic generator); the real
 CIFAR-10 file is used only by the last test, which is skipped where the file is absent. No network.
@@ -18,8 +18,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from elr.data import (ACCEPTED, Data, DataError, balanced_subset, batch_indices, channel_stats, default_cache_dir,
-                      load_data, n_batches, synthetic_arrays)
+from elr.training.data import (ACCEPTED, Data, DataError, balanced_subset, batch_indices, channel_stats,
+                               default_cache_dir, load_data, n_batches, synthetic_arrays)
 
 
 def make_arrays(n_train=400, n_test=200, k=4, size=8, channels=3, seed=0):

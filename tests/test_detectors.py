@@ -1,12 +1,12 @@
-"""elr.detectors on synthetic signals whose answer is known by construction."""
+"""elr.analysis.detectors on synthetic signals whose answer is known by construction."""
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from elr import detectors as D
-from elr import stats
+from elr.analysis import detectors as D
+from elr.analysis import stats
 
 
 # ---------------------------------------------------------------------------------------------- drop and recovery

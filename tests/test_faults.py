@@ -91,7 +91,7 @@ def test_second_trainer_on_a_held_directory_is_refused(finished, tmp_path, capsy
     (run / runs.SUMMARY).unlink()
     before = snapshot(run)
     with runs.locked(run), monkeypatch.context() as m:   # another trainer's flock (per open file, even here)
-        m.setattr("elr.train.load_data", lambda *a, **k: pytest.fail("the data was loaded before the refusal"))
+        m.setattr("elr.training.train.load_data", lambda *a, **k: pytest.fail("the data was loaded before the refusal"))
         run_bad(capsys, train_cli(run, 8), "being trained by another process")
         assert snapshot(run) == before
     assert main(train_cli(run, 8)) == 0            # released: it resumes
@@ -99,7 +99,7 @@ def test_second_trainer_on_a_held_directory_is_refused(finished, tmp_path, capsy
 
 def test_packed_runs_hold_every_directory(tmp_path):
     from elr.config import RunConfig
-    from elr.train import train_many
+    from elr.training.train import train_many
 
     cfg = RunConfig(model="convnet_si", width=4, subset=100, batch_size=50, epochs=1)
     a, b = tmp_path / "a", tmp_path / "b"
@@ -177,7 +177,7 @@ def without_wall_time(records):
 
 def test_diverged_run_killed_before_its_summary_resumes_to_the_uninterrupted_record(tmp_path):
     from elr.config import RunConfig
-    from elr.train import train
+    from elr.training.train import train
 
     cfg = RunConfig(model="convnet_si", width=4, subset=200, batch_size=50, epochs=5, lr=1e38)
     reference = train(cfg, tmp_path / "ref", progress=False)
@@ -194,7 +194,7 @@ def test_diverged_run_killed_before_its_summary_resumes_to_the_uninterrupted_rec
 def _interrupted_at(tmp_path, monkeypatch, epochs=8, stop=6):
     """A run killed while logging epoch `stop`: checkpoint.pt at stop - 1, checkpoint.prev.pt at stop - 2."""
     from elr.config import RunConfig
-    from elr.train import train
+    from elr.training.train import train
 
     cfg = RunConfig(model="convnet_si", width=4, subset=100, batch_size=50, epochs=epochs)
     real = runs.append_metrics
@@ -265,7 +265,7 @@ def test_a_notice_gets_its_own_line_under_a_live_line(tmp_path, monkeypatch):
     import re
     import sys
 
-    from elr.train import train
+    from elr.training.train import train
     from test_progress import Terminal
 
     cfg, run = _interrupted_at(tmp_path, monkeypatch)
@@ -396,9 +396,9 @@ def test_images_too_small_for_the_model_are_refused_before_anything_is_written(t
 def test_check_input_runs_the_model_where_the_data_is_and_quotes_its_errors_first_line(monkeypatch):
     import torch
 
-    import elr.train as T
+    import elr.training.train as T
     from elr.config import RunConfig
-    from elr.data import DataError, load_data
+    from elr.training.data import DataError, load_data
 
     cfg = RunConfig(model="convnet_si", width=4)
     T.check_input(cfg, load_data("synthetic", subset=100, device="meta"))  # a model left on the CPU fails on meta
@@ -477,7 +477,7 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(finished, tmp_path
 
     import torch
 
-    import elr.train
+    import elr.training.train
 
     calls, real_save = [], torch.save
 
@@ -488,7 +488,7 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(finished, tmp_path
             raise OSError(errno.ENOSPC, "No space left on device")
         real_save(obj, f, *args, **kwargs)
 
-    monkeypatch.setattr(elr.train.torch, "save", full)
+    monkeypatch.setattr(elr.training.train.torch, "save", full)
     run = tmp_path / "run"
     run_bad(capsys, train_cli(run, 8), f"cannot write {run / runs.CHECKPOINT}: No space left on device")
     monkeypatch.undo()
@@ -572,7 +572,7 @@ def test_ctrl_c_while_elr_loads_is_one_line():
 def test_ctrl_c_while_torch_loads_is_one_line(monkeypatch, capsys):
     import sys
 
-    monkeypatch.setitem(sys.modules, "elr.data", _Interrupting())
+    monkeypatch.setitem(sys.modules, "elr.training.data", _Interrupting())
     try:
         assert main(["report", "nowhere"]) == 130
     except KeyboardInterrupt:

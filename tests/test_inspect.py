@@ -1,4 +1,4 @@
-"""elr.inspect (the per-run analysis) and `elr inspect`, on run directories simulated from the norm recursion.
+"""elr.analysis.inspect (the per-run analysis) and `elr inspect`, on run directories simulated from the norm recursion.
 
 The simulated run is plain SGD on scale-invariant weights at the level of the norm: every step
 x_{t+1} = (1 - eta lam)^2 x_t + eta^2 G^2 / x_t (x = ||w||^2, docs/science.md's exact identity) with the
@@ -16,7 +16,7 @@ import pytest
 
 from elr import runs
 from elr.cli import main
-from elr.inspect import analyse, predicted_elr, summary_text
+from elr.analysis.inspect import analyse, predicted_elr, summary_text
 from elr.runs import Run
 
 

@@ -1,4 +1,4 @@
-"""elr.models: the registry, the architectures, and the scale-invariant (SI) weights.
+"""elr.training.models: the registry, the architectures, and the scale-invariant (SI) weights.
 
 The SI maths (f(c*w) = f(w), grad(c*w) = grad(w)/c, <grad, w> = 0) is checked numerically in float64,
 train mode, with every BN's eps set to 1e-30 so that the invariance is exact to rounding; the expected
@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from elr.models import (MODELS, BasicBlock, ConvNetSI, PreActBlockSI, PreActResNet18SI, ResNet18, build_model,
+from elr.training.models import (MODELS, BasicBlock, ConvNetSI, PreActBlockSI, PreActResNet18SI, ResNet18, build_model,
                         scale_invariant_params)
 
 # c in [1e-2, 1e2], log-uniform so both decades are exercised

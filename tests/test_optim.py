@@ -6,8 +6,8 @@ import pytest
 
 from elr import runs
 from elr.config import RunConfig
-from elr.optim import OPTIMIZERS, SCHEDULES
-from elr.train import train
+from elr.training.optim import OPTIMIZERS, SCHEDULES
+from elr.training.train import train
 
 TINY = dict(model="convnet_si", width=2, data="synthetic", subset=40, batch_size=20, weight_decay=1e-3)
 

@@ -1,4 +1,4 @@
-"""Packed runs (elr/pack.py, elr.train.train_many): K runs in one step equal the K runs trained alone."""
+"""Packed runs (elr/pack.py, elr.training.train.train_many): K runs in one step equal the K runs trained alone."""
 
 import os
 import re
@@ -12,9 +12,9 @@ import torch
 
 from elr import runs
 from elr.config import ConfigError, RunConfig
-from elr.data import load_data
-from elr.pack import run_packed_epoch
-from elr.train import build_state, run_epoch, train, train_many
+from elr.training.data import load_data
+from elr.training.pack import run_packed_epoch
+from elr.training.train import build_state, run_epoch, train, train_many
 
 SMALL = dict(model="convnet_si", width=4, data="synthetic", subset=200, batch_size=50)
 # ELR-rule runs and baselines of every optimizer kind, each with its own seed, lr, weight decay and schedule
@@ -103,18 +103,18 @@ def test_a_packs_live_line_on_a_terminal_and_its_batched_choice_reach_the_pack(t
     import io
     import sys
 
-    import elr.pack
-    import elr.train
+    import elr.training.pack
+    import elr.training.train
     from test_progress import Terminal
 
-    real, batched, on_step = elr.pack.run_packed_epoch, [], []
+    real, batched, on_step = elr.training.pack.run_packed_epoch, [], []
 
     def spy(*a, **k):
         batched.append(k["batched"])
         on_step.append(getattr(k.get("on_step"), "__func__", None))   # the live line's step counter, or none
         return real(*a, **k)
 
-    monkeypatch.setattr(elr.pack, "run_packed_epoch", spy)
+    monkeypatch.setattr(elr.training.pack, "run_packed_epoch", spy)
     monkeypatch.setattr(sys, "stderr", Terminal())   # progress=None: a live line where stderr is a terminal
     train_many(pack_items(tmp_path / "a", epochs=1)[:2], batched=True)     # the smallest pack
     assert " x2 runs" in sys.stderr.getvalue() and batched == [True]
@@ -125,7 +125,7 @@ def test_a_packs_live_line_on_a_terminal_and_its_batched_choice_reach_the_pack(t
     monkeypatch.setattr(sys, "stderr", io.StringIO())
     train_many(pack_items(tmp_path / "b", epochs=1), batched=False)
     assert sys.stderr.getvalue() == "" and batched == [True, False]
-    assert on_step == [elr.train.Progress.step, None]
+    assert on_step == [elr.training.train.Progress.step, None]
 
 
 class _Kill(BaseException):
@@ -134,7 +134,7 @@ class _Kill(BaseException):
 
 def _kill_after_run_0_saved_epoch_2(items, monkeypatch, **kw):
     """Train the 3-run pack until run 0 has saved epoch 2 and runs 1 and 2 have not: a kill between checkpoints."""
-    import elr.train as T
+    import elr.training.train as T
 
     real, calls = T._save, []
 
@@ -167,7 +167,7 @@ def test_a_pack_killed_between_its_checkpoints_resumes_value_identical(tmp_path,
 def test_a_stop_leaves_a_run_that_trained_nothing_untouched(tmp_path, monkeypatch):
     """Resumed with run 0 an epoch ahead and no previous checkpoint to step it back, then stopped at once: runs 1
     and 2 train their epoch and checkpoint it; run 0, which trained nothing this session, keeps every byte."""
-    import elr.train as T
+    import elr.training.train as T
     from test_faults import snapshot
 
     _kill_after_run_0_saved_epoch_2(pack_items(tmp_path, epochs=4), monkeypatch)
@@ -188,8 +188,8 @@ def test_a_stop_leaves_a_run_that_trained_nothing_untouched(tmp_path, monkeypatc
 
 def test_a_pack_survives_sigkill_value_identical(tmp_path):
     script = ("import sys; from pathlib import Path; sys.path.insert(0, 'tests'); from test_pack import pack_items; "
-              "from elr.train import train_many; train_many(pack_items(Path(sys.argv[1]), epochs=6), progress=False, "
-              "batched=True)")
+              "from elr.training.train import train_many; "
+              "train_many(pack_items(Path(sys.argv[1]), epochs=6), progress=False, batched=True)")
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     cmd = lambda root: [sys.executable, "-c", script, str(root)]  # noqa: E731
     ref = subprocess.Popen(cmd(tmp_path / "ref"), env=env)

@@ -1,15 +1,15 @@
-"""`elr train`'s live line (elr.train.Progress), its time format (elr.progress.duration) and its signal handling
-(_StopRequest), against a clock the test sets: what the user reads in a terminal and a CI log, character for
-character."""
+"""`elr train`'s live line (elr.training.train.Progress), its time format (elr.progress.duration) and its signal
+handling (_StopRequest), against a clock the test sets: what the user reads in a terminal and a CI log, character
+for character."""
 import io
 import signal
 
 import pytest
 
-import elr.train as train_mod
+import elr.training.train as train_mod
 from elr.config import RunConfig
 from elr.progress import duration
-from elr.train import Progress, _StopRequest
+from elr.training.train import Progress, _StopRequest
 
 
 class Stream:

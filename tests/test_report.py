@@ -15,10 +15,10 @@ import pytest
 
 import fakeruns
 from planted import ELR_GRID, N_TEST, SAW, write_planted_study
-from elr import claims
-from elr.report import DECISIONS, FIGURES, H6_MEANING, LEGACY_FIGURES, verdict_table_md, write_report
+from elr.analysis import claims
+from elr.analysis.report import DECISIONS, FIGURES, H6_MEANING, LEGACY_FIGURES, verdict_table_md, write_report
 from elr.runs import load_runs, write_json
-from elr.verdict import HELD, INCONCLUSIVE, REFUTED, Verdict
+from elr.analysis.verdict import HELD, INCONCLUSIVE, REFUTED, Verdict
 
 REQUIRED_KEYS = {"id", "claim", "verdict", "statistic", "p", "p_corrected", "effect", "ci", "runs",
                  "seed_finding", "reason", "details"}
@@ -100,7 +100,7 @@ def test_the_report_marks_what_the_claims_found(study, tmp_path):
     """End to end, write_report(evaluate_all(runs)), with the expectations taken from the verdicts' decisions
     and from the per-run analysis (inspect.analyse), never from the details' keys: a key renamed on one side
     of claims -> report leaves the report marking nothing (or "—") where the claims found something."""
-    from elr.inspect import analyse
+    from elr.analysis.inspect import analyse
 
     loaded, verdicts = study
     md = read_md(write_report(tmp_path, verdicts, loaded, META))
@@ -200,7 +200,7 @@ def test_the_report_opens_with_the_answer_in_plain_words(built, tmp_path):
 
 def test_elr_and_twin_panels_are_laid_out_as_the_design_grid(study):
     """Curves: each ELR run in its (λ row, lr0 column) cell and each twin in its ELR run's cell; baselines wrap."""
-    from elr.report import Catalog, _curve_sections, _section_cells
+    from elr.analysis.report import Catalog, _curve_sections, _section_cells
 
     cat = Catalog(study[0])
     lr0s, wds = sorted({lr for lr, _ in ELR_GRID}), sorted({wd for _, wd in ELR_GRID})
@@ -324,7 +324,7 @@ def test_curves_runs_table_and_setup(built):
     runs_table = md[md.index("## Runs"):md.index("## Setup")]
     assert "| epochs done | τ (epochs) | t/τ |" in runs_table
     # τ and t/τ are inspect.analyse's, for every run the theory covers (E1: SGD with the rule and weight decay)
-    from elr.inspect import analyse
+    from elr.analysis.inspect import analyse
     e1 = next(r for r in built_runs(built) if r.name == "elr-0")
     a = analyse(e1, sensitivity=False)
     assert re.search(rf"\| E1 \| elr-0 \|.*\| {re.escape(num(a['tau_epochs']))} \| {re.escape(num(a['n_tau']))} \|", runs_table)
@@ -420,7 +420,7 @@ def test_figures_use_no_pyplot_state(built):
 
 
 def test_verdict_summary_is_aligned_and_gives_each_reason():
-    from elr.report import verdict_summary
+    from elr.analysis.report import verdict_summary
 
     vs = [Verdict("H1", "c", "inconclusive", None, None, None, None, [], "too few runs. More text."),
           Verdict("H4", "c", "held", None, None, None, None, [], "x" * 300)]

@@ -9,9 +9,9 @@ from hypothesis import given, settings, strategies as st
 from torch import nn
 
 from elr.config import RunConfig
-from elr.models import build_model, scale_invariant_params
-from elr.optim import build_optimizer, build_schedule, param_groups
-from elr.rule import angle_between, effective_lr, global_norm, rule_lr, si_rate
+from elr.training.models import build_model, scale_invariant_params
+from elr.training.optim import build_optimizer, build_schedule, param_groups
+from elr.training.rule import angle_between, effective_lr, global_norm, rule_lr, si_rate
 
 
 def tiny_si_net(seed=0):
@@ -184,7 +184,7 @@ def test_sphere_rule_holds_lr_at_elr_rho0_squared_and_projects_back_to_rho0():
     """SphereRule directly (docs/science.md, Kodryan et al. 2022): rho0 is the initial total SI norm, every group's
     lr = elr * rho0^2, after each step the SI weights are rescaled jointly (not per tensor) back to total norm
     rho0 with their direction kept, and the checkpoint carries rho0. Checked in float64 by numpy."""
-    from elr.rule import SphereRule
+    from elr.training.rule import SphereRule
     g = torch.Generator().manual_seed(11)
     w1 = nn.Parameter(torch.randn(4, 3, generator=g, dtype=torch.float64) * 0.7)
     w2 = nn.Parameter(torch.randn(5, generator=g, dtype=torch.float64) * 2.0)

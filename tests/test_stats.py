@@ -1,4 +1,4 @@
-"""elr.stats against independent computations: brute-force enumeration, hand values, closed forms."""
+"""elr.analysis.stats against independent computations: brute-force enumeration, hand values, closed forms."""
 
 import itertools
 import math
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from elr import stats
+from elr.analysis import stats
 
 
 # ---------------------------------------------------------------------------------------------- Mann–Whitney

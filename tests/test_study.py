@@ -14,7 +14,7 @@ import torch
 
 from elr.cli import main
 from elr.config import ConfigError
-from elr.models import build_model
+from elr.training.models import build_model
 from elr.study import Design, baseline_draws, expand
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,7 +153,7 @@ def test_plugin_end_to_end_under_xdist_writes_one_report(micro, monkeypatch):
             assert strip(runs.read_metrics(run)) == strip(runs.read_metrics(micro.path / "packed" / "micro" / run.name))
 
     # verdicts judged again from the run directories alone agree (elr report's path: test_report_finds_...)
-    from elr.claims import evaluate_all
+    from elr.analysis.claims import evaluate_all
 
     rebuilt = {v.id: v.verdict for v in evaluate_all(runs.load_runs(micro.path / "runs" / "micro"))}
     assert rebuilt == again
@@ -195,7 +195,7 @@ def test_report_command_errors(tmp_path, capsys):
 
 def test_report_finds_the_studies_and_never_overwrites_another_studys_report(tmp_path, capsys, monkeypatch):
     import fakeruns
-    from elr.report import SOURCE
+    from elr.analysis.report import SOURCE
     from elr.study import find_studies
 
     runs_dir = tmp_path / "runs"

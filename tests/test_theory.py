@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from elr.theory import (STATIONARY_TOL, FixedPoint, drift_steps, evolve_norm, fixed_point, relaxation_steps,
+from elr.analysis.theory import (STATIONARY_TOL, FixedPoint, drift_steps, evolve_norm, fixed_point, relaxation_steps,
                         stationarity)
 
 POWERS = np.array([0.0, 1.0, 2.0, -1.0, -2.0])

@@ -16,9 +16,9 @@ import torch.nn.functional as F
 
 from elr import runs
 from elr.config import ConfigError, RunConfig
-from elr.data import batch_indices, load_data
-from elr.models import build_model, scale_invariant_params
-from elr.train import train
+from elr.training.data import batch_indices, load_data
+from elr.training.models import build_model, scale_invariant_params
+from elr.training.train import train
 
 SMALL = dict(model="convnet_si", width=4, data="synthetic", subset=200)
 # The float64 replays below compare float32 training with exact arithmetic step by step. Where a max-pool window's
@@ -311,7 +311,7 @@ def test_fast_path_matches_the_plain_eager_path(tmp_path):
     every metric agrees within FAST_TOL (measured: <= 3e-5 relative here). In a sharper regime (the rule at
     lr0 0.1, width 8) one epoch in four amplified the rounding to 2e-2 in the test loss within its four steps:
     the comparison needs a well-conditioned trajectory, not a looser tolerance."""
-    from elr.train import build_state, run_epoch, setup_compile
+    from elr.training.train import build_state, run_epoch, setup_compile
 
     torch.set_num_threads(REPLAY_THREADS)           # conftest restores the count
     cfg = RunConfig(**{**SMALL, "width": 8}, epochs=4, batch_size=50, lr=0.05, weight_decay=5e-3, seed=1,
@@ -365,7 +365,7 @@ def test_compile_falls_back_to_eager_with_one_notice(tmp_path, capsys, monkeypat
     assert asked == [{"dynamic": False}]   # one graph per batch shape: automatic dynamic shapes recompile slower
     assert _metrics(tmp_path / "fallback") == _metrics(tmp_path / "eager")      # nothing ran in the failed compile
     assert runs.read_summary(tmp_path / "fallback")["compiled"] is False
-    monkeypatch.setattr("elr.train.compile_unavailable", lambda device: "no C++ compiler on PATH")
+    monkeypatch.setattr("elr.training.train.compile_unavailable", lambda device: "no C++ compiler on PATH")
     train(RunConfig(**{**base, "seed": 3}, compile="on"), tmp_path / "unavailable", progress=False)
     err = capsys.readouterr().err
     assert err.strip() == "elr: torch.compile unavailable: no C++ compiler on PATH; training eagerly (--compile off " \
@@ -413,7 +413,7 @@ def test_summary_reports_the_first_epochs_compile_time(tmp_path, monkeypatch):
 def test_restore_sets_the_cuda_rng_states_only_where_cuda_is_there(monkeypatch):
     """A checkpoint written on a GPU carries its CUDA generators' states: restored where CUDA is available,
     ignored where it is not (a GPU run resumed on a CPU)."""
-    from elr.train import build_state
+    from elr.training.train import build_state
 
     cfg = RunConfig(**SMALL, epochs=1)
     state = build_state(cfg, 10, torch.device("cpu"))
@@ -433,7 +433,7 @@ def test_restore_sets_the_cuda_rng_states_only_where_cuda_is_there(monkeypatch):
 
 
 def test_a_checkpoint_carries_the_cuda_generators_only_where_cuda_is_there(monkeypatch):
-    from elr.train import build_state
+    from elr.training.train import build_state
 
     state = build_state(RunConfig(**SMALL, epochs=1), 10, torch.device("cpu"))
     monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: ["state of GPU 0"])
@@ -446,7 +446,7 @@ def test_a_checkpoint_carries_the_cuda_generators_only_where_cuda_is_there(monke
 def test_setup_compile_compiles_when_asked_or_when_it_pays_and_quiets_the_cpu_compiler_warning(monkeypatch):
     import logging
 
-    import elr.train as T
+    import elr.training.train as T
 
     monkeypatch.setattr(T, "compile_unavailable", lambda device: None)   # as where a compiler is installed
     cpu, logger = torch.device("cpu"), logging.getLogger("torch.utils.cpp_extension")
@@ -470,7 +470,7 @@ def test_setup_compile_compiles_when_asked_or_when_it_pays_and_quiets_the_cpu_co
 
 
 def test_a_run_builds_its_state_on_its_device_and_counts_its_steps_for_compile(tmp_path, monkeypatch):
-    import elr.train as T
+    import elr.training.train as T
 
     built, asked = [], []
     real_build, real_setup = T.build_state, T.setup_compile
@@ -482,7 +482,7 @@ def test_a_run_builds_its_state_on_its_device_and_counts_its_steps_for_compile(t
 
 
 def test_checkpoints_every_k_epochs_and_always_at_the_last_and_at_a_divergence(tmp_path, monkeypatch):
-    import elr.train as T
+    import elr.training.train as T
 
     real, saved = T._save, []
     monkeypatch.setattr(T, "_save", lambda m, wall: saved.append(m.state.epoch) or real(m, wall))
@@ -495,7 +495,7 @@ def test_checkpoints_every_k_epochs_and_always_at_the_last_and_at_a_divergence(t
 
 
 def test_a_run_loads_the_data_its_config_names(tmp_path, monkeypatch):
-    import elr.train as T
+    import elr.training.train as T
 
     real, asked = T.load_data, []
     monkeypatch.setattr(T, "load_data", lambda *a, **k: asked.append((a, k)) or real(*a, **k))
@@ -505,7 +505,7 @@ def test_a_run_loads_the_data_its_config_names(tmp_path, monkeypatch):
 
 
 def test_an_epochs_sums_live_on_the_datas_device():
-    from elr.train import EpochPass, build_state
+    from elr.training.train import EpochPass, build_state
 
     cfg = RunConfig(**{**SMALL, "subset": 100}, batch_size=50, schedule="constant", epochs=1)
     epoch = EpochPass(build_state(cfg, 10, torch.device("meta")), load_data("synthetic", subset=100, device="meta"),
@@ -518,7 +518,7 @@ def test_an_epochs_sums_live_on_the_datas_device():
 
 def test_the_step_averaged_elr_is_logged_whatever_the_norms_scale():
     """elr_mean is withheld only where the SI norm is not positive (no SI weights): a norm below 1 is a norm."""
-    from elr.train import build_state, run_epoch
+    from elr.training.train import build_state, run_epoch
 
     cfg = RunConfig(**{**SMALL, "subset": 100}, batch_size=50, schedule="constant", lr=1e-6, epochs=1)
     state = build_state(cfg, 10, torch.device("cpu"))
@@ -542,7 +542,7 @@ def test_one_shared_rate_is_the_si_rate_exactly(tmp_path):
 def test_a_model_without_scale_invariant_weights_trains_and_logs_no_si_metrics(tmp_path, monkeypatch):
     """No registered model lacks SI weights, but the trainer does not assume them: with none, the SI norm is 0,
     the SI rate and ELRs are null (not 0, not a division by zero), and no angle or gradient is summed."""
-    import elr.train as T
+    import elr.training.train as T
 
     monkeypatch.setattr(T, "scale_invariant_params", lambda model: {})
     T.train(RunConfig(**{**SMALL, "subset": 100}, batch_size=50, schedule="constant", epochs=2), tmp_path / "r",
@@ -560,7 +560,7 @@ def test_a_model_without_scale_invariant_weights_trains_and_logs_no_si_metrics(t
 def test_a_stop_checkpoints_the_epoch_it_ends_with_that_epochs_wall_time(tmp_path, monkeypatch):
     """Asked to stop before an epoch ends, the epoch is checkpointed with its own logged wall time; asked while
     its line is being logged, by the stop path, with the time of that moment."""
-    import elr.train as T
+    import elr.training.train as T
 
     cfg = RunConfig(**SMALL, batch_size=50, epochs=4, checkpoint_every=100)
 
@@ -599,7 +599,7 @@ def test_compile_unavailable_names_what_is_missing(monkeypatch):
 
     import torch._dynamo
 
-    from elr.train import compile_unavailable
+    from elr.training.train import compile_unavailable
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     found = []
@@ -648,7 +648,7 @@ def test_build_state_seeds_every_global_generator_from_the_runs_seed():
     """torch, numpy and random: whatever draws from them (an augmentation, a library) repeats with the seed."""
     import random
 
-    from elr.train import build_state
+    from elr.training.train import build_state
 
     build_state(RunConfig(**SMALL, epochs=1, seed=7), 10, torch.device("cpu"))
     drawn = (torch.rand(1).item(), np.random.random(), random.random())
@@ -660,7 +660,7 @@ def test_build_state_seeds_every_global_generator_from_the_runs_seed():
 def test_bf16_names_its_dtype_for_every_device(monkeypatch):
     """torch.autocast's default dtype is bfloat16 on a CPU but float16 on CUDA: the run asks for bfloat16 by name,
     so a GPU run is the same bf16 as a CPU one (checked here as the call a CUDA run makes, device aside)."""
-    from elr.train import build_state
+    from elr.training.train import build_state
 
     state = build_state(RunConfig(**SMALL, epochs=1, precision="bf16"), 10, torch.device("cpu"))
     real, calls = torch.autocast, []
@@ -675,7 +675,7 @@ def test_bf16_names_its_dtype_for_every_device(monkeypatch):
 def _stop_after(monkeypatch, k):
     """Make the next train() stop after epoch k as a SIGTERM does (checkpoint at the epoch end, summary
     "interrupted"): the signal is sent to this process once epoch k's record exists."""
-    import elr.train as trainer
+    import elr.training.train as trainer
 
     real = trainer.run_epoch
 
@@ -731,7 +731,7 @@ def test_resume_restores_adam_moments(tmp_path, monkeypatch):
 def _wrong_label_data(path, n=200):
     """An .npz whose test split is the training images with every label shifted by one class: as the model
     learns the training labels, the train loss falls and the test loss rises."""
-    from elr.data import synthetic_arrays
+    from elr.training.data import synthetic_arrays
 
     x, y = (a[:n].copy() for a in synthetic_arrays()[:2])
     np.savez(path, x_train=x, y_train=y, x_test=x, y_test=(y + 1) % 10)
@@ -786,7 +786,7 @@ def test_initial_rule_rate_is_the_first_steps_rate_from_the_runs_own_initial_wei
     """The plain-SGD twins of the study (H6) start at their ELR run's first rate: lr0 / ||w0||^p over the rule's
     norm set, from the weights that seed draws. resnet18 has trainable BN affines outside the SI set, so the
     two norm sets differ. Recomputed in float64 from the seeded model; the global RNG is left as it was."""
-    from elr.train import build_state, initial_record, initial_rule_rate
+    from elr.training.train import build_state, initial_record, initial_rule_rate
 
     cfg = RunConfig(model="resnet18", width=2, data="synthetic", subset=20, test_subset=20, schedule="elr", lr=0.7,
                     elr_norm=norm, elr_power=power, seed=seed).validate()
@@ -807,7 +807,7 @@ def test_initial_rule_rate_is_the_first_steps_rate_from_the_runs_own_initial_wei
 def test_summary_of_a_metrics_log():
     """summary.json from the log alone: the last record's values, the best finite test accuracy and the first
     epoch that reached it, and the divergence as the trainer saw it."""
-    from elr.train import summarize
+    from elr.training.train import summarize
 
     def rec(epoch, acc, loss=None, step=0, wall=0.0):
         return {"epoch": epoch, "test_acc": acc, "train_loss": loss, "step": step, "wall_time": wall}
@@ -829,7 +829,7 @@ def test_summary_of_a_metrics_log():
 
 
 def test_build_state_honours_the_classes_layout_and_precision():
-    from elr.train import build_state
+    from elr.training.train import build_state
 
     cfg = RunConfig(**SMALL, epochs=1, channels_last=True, precision="bf16")
     state = build_state(cfg, 7, torch.device("cpu"))
@@ -850,7 +850,7 @@ def test_environment_records_what_made_the_run(monkeypatch, tmp_path):
     import torchvision
 
     import elr
-    from elr.train import environment
+    from elr.training.train import environment
 
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(elr.__file__), capture_output=True,
                           text=True).stdout.strip() or None

@@ -36,10 +36,10 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from elr import claims, detectors
-from elr import inspect as run_inspect
+from elr.analysis import claims, detectors
+from elr.analysis import inspect as run_inspect
 from elr.runs import Run, atomic_write, write_json
-from elr.verdict import Verdict
+from elr.analysis.verdict import Verdict
 
 REPORT_MD, REPORT_HTML, VERDICTS_JSON = "report.md", "report.html", "verdicts.json"
 SOURCE = "source.txt"   # the runs directory the report was made from: a rebuild never overwrites another study's

@@ -2,7 +2,7 @@
 
 Every criterion below is a module constant fixed before the study's data was seen, with the reason for
 its value. Each claim can be held, refuted, or honestly inconclusive; the reason names the null, the
-statistic and the numbers. The per-run numbers come from `elr.inspect.analyse` (theory beside
+statistic and the numbers. The per-run numbers come from `elr.analysis.inspect.analyse` (theory beside
 measurement, destabilisation episodes, drop events), so a single run and the study are judged alike.
 
 Multiplicity (one policy, stated in the report as MULTIPLICITY): the claims decided by a hypothesis test
@@ -11,7 +11,7 @@ are Holm-corrected across the ELR runs. Decisions by an interval (H1, H5, and th
 H3 and H6) use 95% intervals per claim. H4 is a count of events with a measured sensitivity, not a test.
 
     from elr.runs import load_runs
-    from elr.claims import evaluate_all
+    from elr.analysis.claims import evaluate_all
     for v in evaluate_all(load_runs("runs/cpu")): print(v.id, v.verdict, v.reason)
 """
 
@@ -23,10 +23,10 @@ import math
 import numpy as np
 from scipy import stats as st
 
-from elr import detectors, stats, theory
-from elr.inspect import analyse, final_value, predicted_elr
+from elr.analysis import detectors, stats, theory
+from elr.analysis.inspect import analyse, final_value, predicted_elr
 from elr.runs import Run, json_float
-from elr.verdict import HELD, INCONCLUSIVE, REFUTED, Verdict
+from elr.analysis.verdict import HELD, INCONCLUSIVE, REFUTED, Verdict
 
 ALPHA = 0.05            # significance level of every test here
 MULTIPLICITY = ("Holm across the claims decided by a hypothesis test (H2, H3, H6) at α = 0.05, and within H2 "
@@ -117,15 +117,16 @@ def diverged(run: Run) -> bool:
 
 def num_classes(run: Run) -> int:
     """The number of classes of the run's data: `num_classes` where config.json records it (top level or in
-    `env`), else counted as the loader counts it (elr.data: the largest training label + 1) from the data the
-    config names: cifar10 has 10, synthetic elr.data.SYNTHETIC_CLASSES, npz:PATH its y_train. An npz no longer
-    at PATH (a relative PATH is read from the current directory) leaves N_CLASSES."""
+    `env`), else counted as the loader counts it (elr.training.data: the largest training label + 1) from the
+    data the config names: cifar10 has 10, synthetic elr.training.data.SYNTHETIC_CLASSES, npz:PATH its y_train.
+    An npz no longer at PATH (a relative PATH is read from the current directory) leaves N_CLASSES."""
     recorded = run.setting("num_classes") or (run.setting("env") or {}).get("num_classes")
     if recorded:
         return int(recorded)
     spec = str(run.setting("data") or "")
     if spec == "synthetic":
-        from elr.data import SYNTHETIC_CLASSES  # here: elr.data imports torch, which the claims need nowhere else
+        # imported here: elr.training.data imports torch, which the claims need nowhere else
+        from elr.training.data import SYNTHETIC_CLASSES
 
         return SYNTHETIC_CLASSES
     if spec.startswith("npz:"):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .config import RunConfig
+from ..config import RunConfig
 from .rule import ELRRule, SphereRule
 
 

@@ -27,14 +27,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import __version__, runs
-from .config import ConfigError, RunConfig
+from .. import __version__, runs
+from ..config import ConfigError, RunConfig
 from .data import Data, DataError, batch_indices, load_data, n_batches
 from .models import build_model, scale_invariant_params
 from .optim import build_optimizer, build_schedule, param_groups
-from .progress import duration
+from ..progress import duration
 from .rule import angle_between, effective_lr, global_norm, si_rate
-from .theory import relaxation_steps
+from ..analysis.theory import relaxation_steps
 
 EVAL_BATCH = 1000  # test-set forward chunk: bounds memory, not results
 # compile = "auto" compiles runs of at least this many steps: a cold compile costs ~15 s on the 2-core CPU (a

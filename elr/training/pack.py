@@ -1,4 +1,4 @@
-"""Packed runs: one forward and backward per step for K runs of the same model (elr.train.train_many).
+"""Packed runs: one forward and backward per step for K runs of the same model (elr.training.train.train_many).
 
     records = run_packed_epoch(states, data, cfgs)   # one epoch of K runs; records[k] as run_epoch(states[k]) gives
 
@@ -7,7 +7,7 @@ busy. Batched (the default on CUDA), the K runs' weights and BatchNorm buffers a
 applied to all K minibatches at once with torch.func.vmap over torch.func.functional_call: every layer
 becomes one batched kernel (a K-group convolution, a K-batched matmul), and BatchNorm normalises each run's
 minibatch by its own statistics and updates its own running buffers. Nothing else is shared: each run draws
-its own batch order, computes its own loss, and steps its own optimizer and schedule (elr.train.EpochPass),
+its own batch order, computes its own loss, and steps its own optimizer and schedule (elr.training.train.EpochPass),
 so a packed run's metrics equal the run trained alone up to the summation order inside batched kernels
 (tests/test_pack.py: <= 1e-9 relative in float64 over several epochs). Unbatched (the default on a CPU, where
 batching K small models was measured slower than running them in turn), a pack runs each model's own forward in
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
-from .config import RunConfig
+from ..config import RunConfig
 from .data import Data
 from .train import EpochPass, RunState
 
@@ -66,7 +66,7 @@ class PackedForward:
 
 def run_packed_epoch(states: list[RunState], data: Data, cfgs: list[RunConfig], on_step=None,
                      batched: bool | None = None) -> list[dict]:
-    """One epoch of K runs that share the model, data, batch size and precision (elr.train.PACK_KEYS); returns
+    """One epoch of K runs that share the model, data, batch size and precision (elr.training.train.PACK_KEYS); returns
     each run's metrics record. on_step(i, n) as run_epoch's; batched: vmap (default on CUDA) or each in turn."""
     forward = PackedForward(states, batched)
     passes = [EpochPass(s, data, c) for s, c in zip(states, cfgs)]

@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from elr import detectors, theory
+from elr.analysis import detectors, theory
 from elr.runs import Run, json_float
 
 FINAL_FRACTION = 0.1     # "final" values: the median over the last 10% of epochs (a sawtooth averages out)

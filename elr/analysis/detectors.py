@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import median_filter
 
-from elr.stats import robust_noise
+from elr.analysis.stats import robust_noise
 
 
 def finite_prefix(y) -> np.ndarray:
