@@ -19,7 +19,7 @@
 # the few multi-second training tests. CI=true loads the Hypothesis "ci" profile (derandomized): a mutant's
 # verdict does not depend on the random examples drawn. process_isolation = "forkserver": each mutant's tests run
 # in a process forked from a server that has only collected the tests, never run them, so no cache filled by an
-# unmutated run (elr.data.synthetic_arrays, a test's lru_cache) hides a mutant, and torch never forks mid-run.
+# unmutated run (elr.training.data.synthetic_arrays, a test's lru_cache) hides a mutant, and torch never forks mid-run.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)

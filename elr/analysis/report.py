@@ -5,7 +5,7 @@
 
 Layout: the verdict table and the multiplicity policy; then one section per claim (the claim, the seed's
 finding, the verdict with its reason, how the claim is decided, and the figures and tables of the numbers
-it was decided on: `Verdict.details` as elr/claims.py builds them); then the training curves (small
+it was decided on: `Verdict.details` as elr/analysis/claims.py builds them); then the training curves (small
 multiples, one panel per arm), the per-run table and the setup.
 
 The report is built once as a list of blocks (headings, paragraphs, tables, figures) and rendered twice,
@@ -78,7 +78,7 @@ CSS = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;p
        ".held{color:#060;font-weight:bold}.refuted{color:#a00;font-weight:bold}"
        ".inconclusive{color:#a60;font-weight:bold}")
 
-# How each claim is decided: one sentence per claim, from elr/claims.py's docstrings and constants.
+# How each claim is decided: one sentence per claim, from elr/analysis/claims.py's docstrings and constants.
 DECISIONS = {
     "H1": (f"OLS of log final ELR (median of the last {run_inspect.FINAL_FRACTION:.0%} of epochs) on log lr0 and "
            f"log λ over the ELR runs measured stationary (norm balance closing within "
@@ -1417,7 +1417,7 @@ def _claim_blocks(v: Verdict) -> list:
             ("kv", "Claim", v.claim or "—"),
             ("kv", "The seed's finding", v.seed_finding or "—"),
             ("kv", "Verdict", f"{v.verdict} — {v.reason or 'no reason given'}", v.verdict),
-            ("kv", "How it is decided", DECISIONS.get(v.id.upper(), "see elr/claims.py"))]
+            ("kv", "How it is decided", DECISIONS.get(v.id.upper(), "see elr/analysis/claims.py"))]
 
 
 def write_report(out_dir, verdicts: list[Verdict], runs: list[Run], meta: dict) -> Path:

@@ -251,7 +251,7 @@ class _SIRates:
 class EpochPass:
     """One run's epoch, step by step: the batch order, the per-step metric sums (device tensors, no host
     sync), the optimizer step, and the epoch's record. run_epoch drives one run's forward and backward; a
-    packed epoch (elr/pack.py) drives K runs' together and hands each run its own loss and outputs."""
+    packed epoch (pack.py) drives K runs' together and hands each run its own loss and outputs."""
 
     def __init__(self, state: RunState, data: Data, cfg: RunConfig):
         self.state, self.data, self.cfg = state, data, cfg
@@ -444,10 +444,10 @@ def train(cfg: RunConfig, out: str | os.PathLike, *, progress: bool | None = Non
 def train_many(items: list[tuple[RunConfig, str | os.PathLike]], *, progress: bool | None = None,
                batched: bool | None = None) -> list[dict]:
     """Train K runs as one pack (K = 1: `elr train`): one process, one data tensor, and while two or more are at
-    the same epoch one forward and backward per step for all of them (elr/pack.py); each run is otherwise
+    the same epoch one forward and backward per step for all of them (pack.py); each run is otherwise
     exactly itself (its seed, batch order, optimizer, schedule, BatchNorm statistics, run directory, metrics,
     checkpoint), so a pack's metrics equal the runs trained alone (bitwise unbatched, the default on a CPU;
-    within float rounding batched, the default on CUDA: elr/pack.py). Returns the summaries in order."""
+    within float rounding batched, the default on CUDA: pack.py). Returns the summaries in order."""
     items = [(cfg, Path(out)) for cfg, out in items]
     for cfg, out in items:
         cfg.validate()
