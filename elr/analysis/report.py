@@ -743,7 +743,8 @@ def _h2_episodes_figure(h2: dict, cat: Catalog) -> tuple[bytes | None, str]:
             ax.axvline(float(x["converged_epoch"]), color="#888888", linestyle=":", linewidth=1.0)
         sens = _num(x.get("sensitivity"), 2)
         tag = "periodic" if x.get("periodic") else ("not analysable" if not x.get("analysable", True) else "")
-        ax.set_title(f"{cat.id(x['run'])}: lr0 {_short(x['lr0'])}, λ {_short(x['wd'])}{' · ' + tag if tag else ''}\n"
+        # the tag on a line of its own: beside the settings it ran into the next panel's title at 4 columns
+        ax.set_title(f"{cat.id(x['run'])}: lr0 {_short(x['lr0'])}, λ {_short(x['wd'])}\n{tag + chr(10) if tag else ''}"
                      f"{len(ep)} episodes, sensitivity {sens}",
                      color="#a00000" if x.get("periodic") else "k",
                      fontweight="bold" if x.get("periodic") else "normal")
@@ -757,8 +758,9 @@ def _h2_episodes_figure(h2: dict, cat: Catalog) -> tuple[bytes | None, str]:
     handles = [Line2D([], [], color=ARMS["elr"][1], label="train loss"),
                Line2D([], [], color=EPISODE_COLOR, alpha=0.6, label="episode"),
                Line2D([], [], color="#888888", linestyle=":", label="train loss converged")]
-    fig.subplots_adjust(hspace=0.7, wspace=0.25)
-    _header(fig, "H2: destabilisation episodes per ELR run", handles, ncol=3)
+    tagged = any(x.get("periodic") or not x.get("analysable", True) for x in items)   # a third title line
+    fig.subplots_adjust(hspace=0.9 if tagged else 0.7, wspace=0.25)
+    _header(fig, "H2: destabilisation episodes per ELR run", handles, ncol=3, title_lines=3 if tagged else 2)
     return _png(fig), (f"Train loss of every ELR run (log y, shared), the H2 detector's episodes as red lines ({n_marked} "
                        f"in {len(items)} runs), the "
                        "epoch the loss converged (analysis starts) dotted; panel titles: episodes found and the "
