@@ -129,8 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "modes: loop (a plain DataLoader + SGD loop, the baseline), eager (the trainer's "
                                    "epoch, evaluation included), fast (channels_last + torch.compile), packed K "
                                    "(K runs at once through elr.training.pack). Prints a table, the projected wall "
-                                   "time of each study scale, and writes JSON. Full default CPU run: ~2 h (resnet18 ~3 s a "
-                                   "step on one core); --quick: < 2 min.")
+                                   "time of each study scale, and writes JSON. Full default CPU run: ~2 h (resnet18 "
+                                   "~3 s a step on one core); --quick: < 2 min.")
     b.add_argument("--models", help="NAME or NAME:WIDTH, comma-separated (default convnet_si:8,convnet_si,resnet18; "
                                     "--quick: convnet_si:8,resnet18); accepted names: convnet_si, resnet18, "
                                     "resnet18_si, tv_resnet18")

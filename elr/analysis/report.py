@@ -731,8 +731,11 @@ def _h2_episodes_figure(h2: dict, cat: Catalog) -> tuple[bytes | None, str]:
     if not items:
         return None, "H2 lists no ELR run with a train loss"
     fig, axes = _run_grid(items, sharey=True)
+    # a panel's tag on a title line of its own: beside the settings it ran into the next panel's title
+    tags = ["periodic" if x.get("periodic") else ("not analysable" if not x.get("analysable", True) else "")
+            for x in items]
     values, n_marked = [], 0
-    for ax, x in zip(axes, items):
+    for ax, x, tag in zip(axes, items, tags):
         run = cat.by_name[x["run"]]
         e, y = _epochs(run), run.series("train_loss")
         values.append(y)
@@ -742,10 +745,9 @@ def _h2_episodes_figure(h2: dict, cat: Catalog) -> tuple[bytes | None, str]:
         if _finite(x.get("converged_epoch")) is not None:
             ax.axvline(float(x["converged_epoch"]), color="#888888", linestyle=":", linewidth=1.0)
         sens = _num(x.get("sensitivity"), 2)
-        tag = "periodic" if x.get("periodic") else ("not analysable" if not x.get("analysable", True) else "")
-        # the tag on a line of its own: beside the settings it ran into the next panel's title at 4 columns
-        ax.set_title(f"{cat.id(x['run'])}: lr0 {_short(x['lr0'])}, λ {_short(x['wd'])}\n{tag + chr(10) if tag else ''}"
-                     f"{len(ep)} episodes, sensitivity {sens}",
+        lines = [f"{cat.id(x['run'])}: lr0 {_short(x['lr0'])}, λ {_short(x['wd'])}", tag,
+                 f"{len(ep)} episodes, sensitivity {sens}"]
+        ax.set_title("\n".join(line for line in lines if line),
                      color="#a00000" if x.get("periodic") else "k",
                      fontweight="bold" if x.get("periodic") else "normal")
         ax.grid(True, which="major", alpha=0.3)
@@ -758,7 +760,7 @@ def _h2_episodes_figure(h2: dict, cat: Catalog) -> tuple[bytes | None, str]:
     handles = [Line2D([], [], color=ARMS["elr"][1], label="train loss"),
                Line2D([], [], color=EPISODE_COLOR, alpha=0.6, label="episode"),
                Line2D([], [], color="#888888", linestyle=":", label="train loss converged")]
-    tagged = any(x.get("periodic") or not x.get("analysable", True) for x in items)   # a third title line
+    tagged = any(tags)     # a third title line somewhere
     fig.subplots_adjust(hspace=0.9 if tagged else 0.7, wspace=0.25)
     _header(fig, "H2: destabilisation episodes per ELR run", handles, ncol=3, title_lines=3 if tagged else 2)
     return _png(fig), (f"Train loss of every ELR run (log y, shared), the H2 detector's episodes as red lines ({n_marked} "

@@ -28,13 +28,13 @@ import torch
 import torch.nn.functional as F
 
 from .. import __version__, runs
+from ..analysis.theory import relaxation_steps
 from ..config import ConfigError, RunConfig
+from ..progress import duration
 from .data import Data, DataError, batch_indices, load_data, n_batches
 from .models import build_model, scale_invariant_params
 from .optim import build_optimizer, build_schedule, param_groups
-from ..progress import duration
 from .rule import angle_between, effective_lr, global_norm, si_rate
-from ..analysis.theory import relaxation_steps
 
 EVAL_BATCH = 1000  # test-set forward chunk: bounds memory, not results
 # compile = "auto" compiles runs of at least this many steps: a cold compile costs ~15 s on the 2-core CPU (a
@@ -525,11 +525,12 @@ def _open_run(cfg: RunConfig, out: Path, data: Data, device: torch.device, say, 
     eval_compile = 0.0
     if state.epoch == 0 and runs.read_initial(out) is None:
         started = time.perf_counter()
-        runs.append_metrics(out, initial_record(state, data, cfg))
+        record = initial_record(state, data, cfg)
+        first = time.perf_counter() - started
+        runs.append_metrics(out, record)
         if compiled and state.forward.active:
             # the compile of the eval-mode graphs falls here, before any epoch is timed: time one more evaluation
             # (no state changes: eval mode, no gradient, no random numbers) and count the excess
-            first = time.perf_counter() - started
             started = time.perf_counter()
             evaluate(state, data)[1].item()   # .item(): wait for the device
             eval_compile = max(0.0, first - (time.perf_counter() - started))
