@@ -3,9 +3,10 @@
     python -m elr bench --quick                      # < 2 min on a 2-core CPU: convnet_si:8, a glance at resnet18
     python -m elr bench                              # convnet_si:8, convnet_si, resnet18; loop, eager, fast, packed
     python -m elr bench --device cuda --precisions fp32,bf16 --pack 1,4,16
+    python -m elr bench --models convnet_si:8 --images 5120 --data npz:cifar10.npz   # real images
 
-For each model it times whole training epochs over synthetic CIFAR-shaped tensors (content does not change the
-speed) in four modes:
+For each model it times whole training epochs over CIFAR-shaped normal noise (--data noise, the default: content
+barely changes the speed) or over class-balanced subsets of a real data set (--data cifar10 | npz:PATH) in four modes:
 
     loop    a plain PyTorch loop: DataLoader(TensorDataset, shuffle=True), SGD, cross-entropy, fp32, contiguous
     eager   the trainer's own epoch (elr.training.train.run_epoch, evaluation included), contiguous, not compiled
@@ -47,6 +48,8 @@ MODEL_EPOCH = 50_000             # one epoch of the full study: CIFAR-10's train
 NUM_CLASSES = 10
 IMAGE = (3, 32, 32)              # CIFAR-10's image shape (Krizhevsky 2009)
 MODES = ("loop", "eager", "fast", "packed")
+NOISE = "noise"   # --data's default: generated normal noise and uniform labels, no data set needed
+DATA_ACCEPTED = "noise, synthetic, cifar10, npz:PATH"
 DEFAULT_MODELS = "convnet_si:8,convnet_si,resnet18"   # width 8: the cpu study's convnet_si (design.toml)
 QUICK_MODELS = "convnet_si:8,resnet18"
 DEFAULTS = {"images": 2560, "test_images": 1000, "warmup": 1, "repeats": 3, "pack": "1,4,16"}
@@ -88,6 +91,7 @@ class Plan:
     quick: bool
     out: Path
     profile: bool = False
+    data: str = NOISE
 
     def command(self) -> str:
         """The command that reproduces this measurement, every setting explicit."""
@@ -95,7 +99,8 @@ class Plan:
                  "--modes", ",".join(self.modes), "--precisions", ",".join(self.precisions),
                  "--pack", ",".join(map(str, self.pack)), "--device", self.device, "--threads", str(self.threads),
                  "--images", str(self.images), "--test-images", str(self.test_images),
-                 "--warmup", str(self.warmup), "--repeats", str(self.repeats), "--out", str(self.out)]
+                 "--warmup", str(self.warmup), "--repeats", str(self.repeats), "--data", self.data,
+                 "--out", str(self.out)]
         return shlex.join(parts + (["--quick"] if self.quick else []) + (["--profile"] if self.profile else []))
 
 
@@ -169,11 +174,15 @@ def plan_from_args(args) -> Plan:
         raise ConfigError(f"--profile splits the fast epoch's CPU time, so it needs --device cpu, got {args.device!r}")
     if profile and "fast" not in _split(args.modes):
         raise ConfigError("--profile profiles the fast rows; add fast to --modes")
+    data = str(getattr(args, "data", None) or NOISE).strip()
+    if data not in (NOISE, "synthetic", "cifar10") and not data.startswith("npz:"):
+        raise ConfigError(f"unknown --data {data!r}; accepted: {DATA_ACCEPTED}")
     return Plan(models=models, modes=_choices("--modes", args.modes, MODES),
                 precisions=_choices("--precisions", args.precisions, PRECISIONS),
                 pack=_positive_ints("--pack", pick("pack")), device=args.device, threads=args.threads,
                 images=pick("images"), test_images=pick("test_images"), warmup=pick("warmup"),
-                repeats=pick("repeats"), quick=args.quick, out=args.out, profile=profile)
+                repeats=pick("repeats"), quick=args.quick, out=args.out, profile=profile,
+                data=data)
 
 
 # ---------------------------------------------------------------------------------------------- pure arithmetic
@@ -303,13 +312,38 @@ def resolved_width(name: str, width: int | None) -> int:
 
 
 def synthetic(n_train: int, n_test: int, device: torch.device, seed: int = 0) -> Data:
-    """Normal noise and uniform labels, CIFAR-shaped, on the device: throughput does not depend on content."""
+    """Normal noise and uniform labels, CIFAR-shaped, on the device (--data noise): no data set needed, and the
+    content barely changes the speed (--data npz:PATH measures real images to check that)."""
     g = torch.Generator().manual_seed(seed)
     x_train, x_test = torch.randn(n_train, *IMAGE, generator=g), torch.randn(n_test, *IMAGE, generator=g)
     y_train = torch.randint(0, NUM_CLASSES, (n_train,), generator=g)
     y_test = torch.randint(0, NUM_CLASSES, (n_test,), generator=g)
     return Data(x_train.to(device), y_train.to(device), x_test.to(device), y_test.to(device),
                 num_classes=NUM_CLASSES, name="bench", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+
+
+def bench_data(spec: str, n_train: int, n_test: int, device: torch.device) -> Data:
+    """The epoch's images: noise, or class-balanced subsets of n_train / n_test images of a data set as
+    elr.training.data loads it for a run (normalised, on the device); DataError, one line, where it cannot."""
+    if spec == NOISE:
+        return synthetic(n_train, n_test, device)
+    from .training.data import DataError, load_data
+
+    try:
+        return load_data(spec, subset=n_train, test_subset=n_test, device=device)
+    except DataError as e:   # load_data names elr train's options; here the sizes are --images / --test-images
+        text = str(e)
+        if text.startswith(("subset ", "test_subset ")):
+            raise DataError(text.replace("test_subset", "--test-images").replace("subset", "--images")) from None
+        raise
+
+
+def data_description(spec: str, datasets: dict) -> str:
+    """What the epochs ran on, for the report: noise, or the data set and its subsets' sizes."""
+    if spec == NOISE:
+        return "noise (normal, uniform labels; --data noise)"
+    sizes = ", ".join(f"{a}/{b}" for a, b in datasets)
+    return f"{next(iter(datasets.values())).name}, class-balanced subsets of {sizes} train/test images"
 
 
 def _sync(device: torch.device) -> None:
@@ -329,9 +363,18 @@ def time_epochs(epoch, n: int, device: torch.device) -> list[float]:
     return times
 
 
+# the convolution that measures a CPU's peak: 3x3, 128 -> 128 channels, 16x16, batch 32, channels_last. oneDNN
+# runs it as a direct convolution (ONEDNN_VERBOSE=1 names brg_conv_fwd:avx512_core, alg:convolution_direct on the
+# 2-core AMD CPU), so its FLOPs are the ones torch.utils.flop_counter counts for a model's convolutions
+PEAK_CONV = (32, 128, 16)   # batch, channels, height = width
+
+
 def measure_peak(device: torch.device, precision: str) -> tuple[float, str]:
-    """Peak FLOP/s for MFU: the datasheet's for an H100/H200 SXM, else the best of a few square matrix products
-    at the current thread count (2 n^3 FLOPs each: n^2 outputs of n multiply-adds)."""
+    """Peak FLOP/s for MFU: the datasheet's for an H100/H200 SXM; elsewhere the best of a few square matrix
+    products (2 n^3 FLOPs each: n^2 outputs of n multiply-adds) at the current thread count, and on a CPU the
+    faster of that and a direct 3x3 convolution: on the 2-core AMD CPU torch.mm reached ~105 GFLOP/s and
+    oneDNN's AVX-512 convolutions ~260, so a matrix-product peak alone would put a convolution net's MFU over
+    100%."""
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
@@ -346,8 +389,19 @@ def measure_peak(device: torch.device, precision: str) -> tuple[float, str]:
     torch.mm(a, b)  # first call: allocation and kernel selection
     seconds = min(time_epochs(lambda: torch.mm(a, b), tries, device))
     what = "sgemm" if dtype == torch.float32 else "bf16 gemm"
-    return 2 * n**3 / seconds, (f"measured {what} peak: best of {tries} {n}x{n} torch.mm, "
-                                f"threads {torch.get_num_threads()}")
+    gemm = 2 * n**3 / seconds
+    threads = f"threads {torch.get_num_threads()}"
+    if device.type == "cuda":
+        return gemm, f"measured {what} peak: best of {tries} {n}x{n} torch.mm, {threads}"
+    batch, c, hw = PEAK_CONV
+    x = torch.randn(batch, c, hw, hw, device=device).to(dtype).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(c, c, 3, 3, device=device).to(dtype).contiguous(memory_format=torch.channels_last)
+    F.conv2d(x, w, padding=1)
+    # a 'same' 3x3 convolution: 2 * 9 * Cin * Cout FLOPs per output pixel (one multiply and one add per weight)
+    conv = 2 * 9 * c * c * hw * hw * batch / min(time_epochs(lambda: F.conv2d(x, w, padding=1), tries, device))
+    return max(gemm, conv), (f"measured peak: the faster of {what} (best of {tries} {n}x{n} torch.mm, "
+                             f"{gemm / 1e9:,.1f} GFLOP/s) and a direct 3x3 convolution ({c}->{c} channels, {hw}x{hw}, "
+                             f"batch {batch}, channels_last, best of {tries}: {conv / 1e9:,.1f} GFLOP/s), {threads}")
 
 
 def _loop_epoch(name: str, width: int | None, data: Data, device: torch.device):
@@ -356,7 +410,7 @@ def _loop_epoch(name: str, width: int | None, data: Data, device: torch.device):
     from torch.utils.data import DataLoader, TensorDataset
 
     torch.manual_seed(0)
-    model = build_model(name, width=width, num_classes=NUM_CLASSES).to(device)
+    model = build_model(name, width=width, num_classes=data.num_classes).to(device)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, weight_decay=5e-4)
     n = len(data.y_train)
     loader = DataLoader(TensorDataset(data.x_train.cpu(), data.y_train.cpu()), batch_size=BATCH, shuffle=True,
@@ -427,14 +481,17 @@ def _is_oom(e: BaseException) -> bool:
 
 
 def measure_model(name: str, width: int | None, plan: Plan, peaks: dict, flops: tuple[float, float],
-                  say) -> list[dict]:
+                  say, datasets: dict | None = None) -> list[dict]:
     """Every requested row of one model, in order: loop, then eager, fast and packed K per precision."""
     from .training.train import build_state
 
     device = torch.device(plan.device)
     big = plan.quick and flops[0] > QUICK_MAX_TRAIN_FLOPS
     n_train, n_test = (QUICK_BIG_IMAGES, QUICK_BIG_TEST) if big else (plan.images, plan.test_images)
-    data = synthetic(n_train, n_test, device)
+    datasets = {} if datasets is None else datasets   # (n_train, n_test) -> Data: a data set loads once
+    if (n_train, n_test) not in datasets:
+        datasets[(n_train, n_test)] = bench_data(plan.data, n_train, n_test, device)
+    data = datasets[(n_train, n_test)]
     nhwc = to_channels_last(data) if {"fast", "packed"} & set(plan.modes) else None
     runs_n = plan.warmup + plan.repeats
     rows = []
@@ -458,7 +515,7 @@ def measure_model(name: str, width: int | None, plan: Plan, peaks: dict, flops: 
         peak = peaks[precision]
         if "eager" in plan.modes:
             cfg = bench_config(name, width, precision, plan.device, channels_last=False, compile=False)
-            state = build_state(cfg, NUM_CLASSES, device)
+            state = build_state(cfg, data.num_classes, device)
             times = time_epochs(_trainer_epoch(state, data, cfg), runs_n, device)
             done(_fill(_row(name, width, "eager", precision), times, plan.warmup, trained(n_train), n_test,
                        flops, peak))
@@ -486,7 +543,7 @@ def _measure_fast(name, width, precision, plan: Plan, nhwc: Data, flops, peak, s
     notes = []
     notice = lambda text: (notes.append(text), say(text))  # noqa: E731
     cfg = bench_config(name, width, precision, plan.device, channels_last=True, compile=True)
-    state = build_state(cfg, NUM_CLASSES, device)
+    state = build_state(cfg, nhwc.num_classes, device)
     # every fast row compiles from the same start: dynamo's in-memory caches (and its recompile limit) emptied;
     # torch's on-disk inductor cache stays, as it does between a user's runs
     torch._dynamo.reset()
@@ -544,7 +601,7 @@ def _measure_packed(name, width, precision, k, plan: Plan, nhwc: Data, flops, pe
         # as elr.training.train.train_many runs a pack: channels_last (the default), not compiled, one seed per run
         cfgs = [bench_config(name, width, precision, plan.device, channels_last=True, compile=False, seed=s)
                 for s in range(k)]
-        states = [build_state(c, NUM_CLASSES, device) for c in cfgs]
+        states = [build_state(c, nhwc.num_classes, device) for c in cfgs]
         evaluated = []
 
         def epoch():
@@ -666,13 +723,15 @@ def report_text(result: dict) -> str:
              "in turn on a CPU), channels_last and not compiled, as elr.training.train.train_many packs; its images/s "
              "count all K runs' training images; compile s = first epoch - steady epoch."]
     if any((r["mfu"] or 0) > 1 for r in result["rows"]):
-        lines.append("MFU over 100%: MFU counts the direct convolution's FLOPs; a backend that convolves with fewer "
-                     "multiplications (Winograd-type 3x3 kernels: on the 2-core AMD CPU a 3x3 conv ran at ~2x the "
-                     "sgemm rate, one thread each) does less work than that count.")
+        lines.append("MFU over 100%: the peak is measured, not a datasheet's, and a model's own kernels beat the "
+                     "kernels that measured it (or a backend convolves with fewer multiplications than the direct "
+                     "convolution's count).")
     for r in result["rows"]:
         if r.get("profile"):
             lines.append(f"profile of one more fast epoch, {r['model']} {r['precision']} (torch.profiler, share of "
                          "self CPU time): " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in r["profile"].items()))
+    if result.get("data"):
+        lines.append(f"data: {result['data']}")
     peaks = "; ".join(f"{p}: {v['value'] / 1e9:,.1f} GFLOP/s ({v['source']})" for p, v in result["peak_flops"].items())
     lines.append(f"peak for MFU: {peaks}")
     lines.append("FLOPs per image (torch.utils.flop_counter: convolutions and matrix products): " + "; ".join(
@@ -730,6 +789,8 @@ def run(plan: Plan, say=None) -> dict:
     started = time.perf_counter()
     clock = lambda text: say(f"[{time.perf_counter() - started:5.0f} s] {text}")  # noqa: E731
     try:
+        # the data first: a missing or unusable data set ends the command in one line before anything is timed
+        datasets = {(plan.images, plan.test_images): bench_data(plan.data, plan.images, plan.test_images, device)}
         peaks, peak_flops = {}, {}
         for precision in plan.precisions:
             peaks[precision], source = measure_peak(device, precision)
@@ -745,12 +806,13 @@ def run(plan: Plan, say=None) -> dict:
                 flops = count_flops(build_model(name, width=width, num_classes=NUM_CLASSES))
             flops_per_image[label(name, width)] = {"train": flops[0], "forward": flops[1]}
             clock(f"{label(name, width)}: {flops[0] / 1e6:,.1f} MFLOP per training image")
-            rows += measure_model(name, width, plan, peaks, flops, clock)
+            rows += measure_model(name, width, plan, peaks, flops, clock, datasets)
         add_ratios(rows)
     finally:
         torch.set_num_threads(previous_threads)
     result = {"date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"), "device": device_name(device),
               "torch": torch.__version__, "threads": plan.threads, "command": invoked_command(plan),
+              "data": data_description(plan.data, datasets),
               "load": {"start": load_start, "end": _load()},
               "rerun": plan.command(), "rows": rows, "peak_flops": peak_flops, "flops_per_image": flops_per_image,
               "projection": projection(rows, flops_per_image), "seconds": time.perf_counter() - started}

@@ -125,8 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "failures with their logs (RUNS_DIR/<scale>/.cluster.json)")
     s1.add_argument("runs_dir", type=Path, help="a study's runs directory, e.g. runs/full")
     b = sub.add_parser("bench", help="measure training throughput (images/s, MFU) and project the study's wall time",
-                       description="Time whole training epochs on synthetic CIFAR-shaped data, batch 128, in four "
-                                   "modes: loop (a plain DataLoader + SGD loop, the baseline), eager (the trainer's "
+                       description="Time whole training epochs on CIFAR-shaped noise or real images (--data), "
+                                   "batch 128, in four modes: loop (a plain DataLoader + SGD loop, the baseline), eager (the trainer's "
                                    "epoch, evaluation included), fast (channels_last + torch.compile), packed K "
                                    "(K runs at once through elr.training.pack). Prints a table, the projected wall "
                                    "time of each study scale, and writes JSON. Full default CPU run: ~2 h (resnet18 "
@@ -153,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--profile", action="store_true", help="after timing each fast row, profile one more epoch and "
                                                           "print the share of CPU time in convolutions (forward, "
                                                           "backward), compiled kernels and the rest (--device cpu)")
+    b.add_argument("--data", help="noise (default: generated normal noise, no data set needed) | synthetic | cifar10 | "
+                                  "npz:PATH: class-balanced subsets of --images / --test-images images, loaded as "
+                                  "elr train loads them")
     b.add_argument("--out", type=Path, default=Path("bench.json"), help="JSON output (default bench.json)")
     return p
 

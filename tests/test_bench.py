@@ -32,6 +32,19 @@ def test_flop_count_equals_the_hand_count():
     assert model.training and all(p.grad is None for p in model.parameters())  # the model is left as found
 
 
+def test_cpu_peak_is_the_faster_of_a_matrix_product_and_a_direct_convolution(monkeypatch):
+    # stand-in clock: the 1024x1024 product takes 1 s, the 3x3 convolution (128 -> 128 channels, 16x16, batch 32)
+    # 0.1 s; a 'same' 3x3 conv does 2 * 9 * Cin * Cout multiply-or-adds per output pixel
+    times = iter([[1.0] * 5, [0.1] * 5])
+    monkeypatch.setattr(bench, "time_epochs", lambda fn, n, device: next(times))
+    peak, source = bench.measure_peak(torch.device("cpu"), "fp32")
+    gemm, conv = 2 * 1024**3 / 1.0, 2 * 9 * 128 * 128 * (16 * 16) * 32 / 0.1
+    assert conv > gemm and peak == pytest.approx(conv)
+    assert f"{gemm / 1e9:,.1f} GFLOP/s" in source and f"{conv / 1e9:,.1f} GFLOP/s" in source
+    times = iter([[0.001] * 5, [0.1] * 5])        # a faster product wins
+    assert bench.measure_peak(torch.device("cpu"), "fp32")[0] == pytest.approx(2 * 1024**3 / 0.001)
+
+
 def test_mfu_and_units():
     # 100 trained images at 30 FLOPs + 50 evaluated at 10, in 2 s, against a 1000 FLOP/s peak
     assert bench.mfu(100, 50, 2.0, (30.0, 10.0), 1000.0) == pytest.approx((3000 + 500) / 2 / 1000)
@@ -136,7 +149,8 @@ def test_tiny_run_table_and_json(tmp_path, capsys):
     if 2 in packed:
         assert packed[2]["train_images"] == 2 * 128 and packed[2]["eval_images"] in (0, 2 * 16)
     assert result["flops_per_image"]["convnet_si:2"]["train"] > result["flops_per_image"]["convnet_si:2"]["forward"]
-    assert result["peak_flops"]["fp32"]["value"] > 0 and "measured sgemm peak" in result["peak_flops"]["fp32"]["source"]
+    peak = result["peak_flops"]["fp32"]
+    assert peak["value"] > 0 and "the faster of sgemm" in peak["source"] and "direct 3x3 convolution" in peak["source"]
     assert set(result["projection"]["scales"]) >= {"cpu", "full"}       # the repository's design.toml
     printed = capsys.readouterr().out
     # the full scale's models at their default widths, named by the width they are built at
@@ -148,6 +162,40 @@ def test_tiny_run_table_and_json(tmp_path, capsys):
                 "compile s"):
         assert col in head
     assert text.splitlines()[-1].startswith(result["date"]) and "threads 1" in text.splitlines()[-1]
+
+
+def test_real_data_runs_on_class_balanced_subsets_of_it(tmp_path, capsys, monkeypatch):
+    """--data npz:PATH: the epochs run on the data set's images, subsets of --images / --test-images, and the
+    models get its class count (12 here: a model built for CIFAR-10's 10 would fail on labels 10 and 11)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "twelve.npz"
+    np.savez(path, x_train=rng.integers(0, 256, (240, 32, 32, 3), dtype=np.uint8), y_train=np.arange(240) % 12,
+             x_test=rng.integers(0, 256, (60, 32, 32, 3), dtype=np.uint8), y_test=np.arange(60) % 12)
+    seen = []
+    real_epoch = elr.training.train.run_epoch
+    monkeypatch.setattr(elr.training.train, "run_epoch",
+                        lambda state, data, cfg: seen.append(data) or real_epoch(state, data, cfg))
+    out = tmp_path / "b.json"
+    assert main(TINY[:4] + ["132", "--test-images", "24", "--warmup", "0", "--repeats", "1",
+                            "--modes", "loop,eager", "--data", f"npz:{path}", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [r["status"] for r in result["rows"]] == ["ok", "ok"]
+    assert result["data"] == "npz:twelve.npz, class-balanced subsets of 132/24 train/test images"
+    assert "data: npz:twelve.npz" in capsys.readouterr().out
+    (data,) = seen
+    assert data.name == "npz:twelve.npz" and data.num_classes == 12
+    assert len(data.y_train) == 132 and len(data.y_test) == 24
+    assert torch.bincount(data.y_train).tolist() == [11] * 12 and torch.bincount(data.y_test).tolist() == [2] * 12
+    assert "--data npz:" in result["rerun"]
+
+
+def test_noise_is_the_default_data(tmp_path):
+    out = tmp_path / "b.json"
+    assert main(TINY + ["--modes", "eager", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["data"].startswith("noise") and "--data noise" in result["rerun"]
 
 
 def test_fast_row_reports_the_compile_time(tmp_path, monkeypatch):
@@ -266,6 +314,11 @@ BAD = {
     "device": (["--device", "tpu"], "accepted: cpu, cuda"),
     "threads": (["--threads", "0"], "--threads must be an integer >= 1"),
     "profile without fast": (["--profile", "--modes", "eager"], "add fast to --modes"),
+    "data": (["--data", "mnist"], "accepted: noise, synthetic, cifar10, npz:PATH"),
+    "data missing": (["--data", "npz:no/such.npz"], "no/such.npz does not exist"),
+    # more images than the split holds: the message names the bench's flag, not elr train's --subset
+    "too many images": (["--data", "synthetic", "--images", "4000"], "--images 4000 is outside"),
+    "too many test images": (["--data", "synthetic", "--images", "100", "--test-images", "600"], "--test-images 600 is outside"),
 }
 
 
