@@ -5,8 +5,9 @@
     python -m elr bench --device cuda --precisions fp32,bf16 --pack 1,4,16
     python -m elr bench --models convnet_si:8 --images 5120 --data npz:cifar10.npz   # real images
 
-For each model it times whole training epochs over CIFAR-shaped normal noise (--data noise, the default: content
-barely changes the speed) or over class-balanced subsets of a real data set (--data cifar10 | npz:PATH) in four modes:
+For each model it times whole training epochs over CIFAR-shaped normal noise (--data noise, the default: no data
+set needed) or over class-balanced subsets of a real data set (--data cifar10 | npz:PATH; on a CPU real images
+run at a different speed than noise, so a CPU goal is measured on them) in four modes:
 
     loop    a plain PyTorch loop: DataLoader(TensorDataset, shuffle=True), SGD, cross-entropy, fp32, contiguous
     eager   the trainer's own epoch (elr.training.train.run_epoch, evaluation included), contiguous, not compiled
@@ -312,8 +313,8 @@ def resolved_width(name: str, width: int | None) -> int:
 
 
 def synthetic(n_train: int, n_test: int, device: torch.device, seed: int = 0) -> Data:
-    """Normal noise and uniform labels, CIFAR-shaped, on the device (--data noise): no data set needed, and the
-    content barely changes the speed (--data npz:PATH measures real images to check that)."""
+    """Normal noise and uniform labels, CIFAR-shaped, on the device (--data noise): no data set needed. On a CPU
+    the content changes the speed (aten's kernels branch on the data), so --data npz:PATH times real images."""
     g = torch.Generator().manual_seed(seed)
     x_train, x_test = torch.randn(n_train, *IMAGE, generator=g), torch.randn(n_test, *IMAGE, generator=g)
     y_train = torch.randint(0, NUM_CLASSES, (n_train,), generator=g)
@@ -616,7 +617,7 @@ def _measure_packed(name, width, precision, k, plan: Plan, nhwc: Data, flops, pe
         row["status"] = OOM
         return row
     finally:
-        del states
+        states = None   # the K models go now (the epoch closure holds the name, not the list)
         if device.type == "cuda":
             torch.cuda.empty_cache()
     n_train, n_test = len(nhwc.y_train), len(nhwc.y_test)
@@ -791,6 +792,7 @@ def run(plan: Plan, say=None) -> dict:
     try:
         # the data first: a missing or unusable data set ends the command in one line before anything is timed
         datasets = {(plan.images, plan.test_images): bench_data(plan.data, plan.images, plan.test_images, device)}
+        num_classes = datasets[(plan.images, plan.test_images)].num_classes   # the head's FLOPs count too
         peaks, peak_flops = {}, {}
         for precision in plan.precisions:
             peaks[precision], source = measure_peak(device, precision)
@@ -803,7 +805,7 @@ def run(plan: Plan, say=None) -> dict:
         for name, width in plan.models:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
-                flops = count_flops(build_model(name, width=width, num_classes=NUM_CLASSES))
+                flops = count_flops(build_model(name, width=width, num_classes=num_classes))
             flops_per_image[label(name, width)] = {"train": flops[0], "forward": flops[1]}
             clock(f"{label(name, width)}: {flops[0] / 1e6:,.1f} MFLOP per training image")
             rows += measure_model(name, width, plan, peaks, flops, clock, datasets)

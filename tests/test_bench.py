@@ -189,6 +189,10 @@ def test_real_data_runs_on_class_balanced_subsets_of_it(tmp_path, capsys, monkey
     assert len(data.y_train) == 132 and len(data.y_test) == 24
     assert torch.bincount(data.y_train).tolist() == [11] * 12 and torch.bincount(data.y_test).tolist() == [2] * 12
     assert "--data npz:" in result["rerun"]
+    # the FLOPs counted are the 12-class model's (its head is 16 x 12, not 16 x 10)
+    from elr.training.models import build_model
+    twelve = bench.count_flops(build_model("convnet_si", width=2, num_classes=12))
+    assert result["flops_per_image"]["convnet_si:2"] == {"train": twelve[0], "forward": twelve[1]}
 
 
 def test_noise_is_the_default_data(tmp_path):
