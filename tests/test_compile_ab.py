@@ -1,25 +1,20 @@
 """bench/compile_ab.py, the side-by-side timer of compile variants: each variant changes inductor only while
 its step compiles, and a run prints the comparison. Nothing here checks a speed."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 import torch._inductor.config as config
 import torch._inductor.decomposition as decomposition
 import torch._inductor.lowering as lowering
 
+import bench_scripts   # tests/bench_scripts.py
+
 aten = torch.ops.aten
 
 
 @pytest.fixture(scope="module")
 def compile_ab():
-    path = Path(__file__).resolve().parents[1] / "bench" / "compile_ab.py"
-    spec = importlib.util.spec_from_file_location("compile_ab", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_scripts.load("compile_ab")
 
 
 def inductor_state():

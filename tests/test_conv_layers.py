@@ -1,21 +1,16 @@
 """bench/conv_layers.py: ConvNetSI's convolution shapes, and a run's output. Nothing here checks a speed."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
 from elr.training.models import ConvNetSI
 
+import bench_scripts   # tests/bench_scripts.py
+
 
 @pytest.fixture(scope="module")
 def conv_layers():
-    path = Path(__file__).resolve().parents[1] / "bench" / "conv_layers.py"
-    spec = importlib.util.spec_from_file_location("conv_layers", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_scripts.load("conv_layers")
 
 
 @pytest.mark.parametrize("width", [2, 8])
