@@ -28,6 +28,7 @@ import heapq
 import math
 import os
 import platform
+import re
 import shlex
 import statistics
 import sys
@@ -333,10 +334,13 @@ def bench_data(spec: str, n_train: int, n_test: int, device: torch.device) -> Da
     try:
         return load_data(spec, subset=n_train, test_subset=n_test, device=device)
     except DataError as e:   # load_data names elr train's options; here the sizes are --images / --test-images
-        text = str(e)
-        if text.startswith(("subset ", "test_subset ")):
-            raise DataError(text.replace("test_subset", "--test-images").replace("subset", "--images")) from None
-        raise
+        what = re.match(r"(test_subset|subset) \d+ is outside ", str(e))
+        if what is None:
+            raise
+        flag = {"subset": "--images", "test_subset": "--test-images"}[what.group(1)]
+        # only the option's two mentions: the data set's own name may contain "subset" too
+        text = flag + str(e)[len(what.group(1)):]
+        raise DataError(text.replace(f" <= {what.group(1)} <= ", f" <= {flag} <= ")) from None
 
 
 def data_description(spec: str, datasets: dict) -> str:

@@ -195,6 +195,18 @@ def test_real_data_runs_on_class_balanced_subsets_of_it(tmp_path, capsys, monkey
     assert result["flops_per_image"]["convnet_si:2"] == {"train": twelve[0], "forward": twelve[1]}
 
 
+def test_a_size_error_names_the_bench_flags_and_keeps_the_data_sets_name(tmp_path, capsys):
+    import numpy as np
+
+    path = tmp_path / "subset.npz"   # a name that holds the word the message rewrites
+    rng = np.random.default_rng(0)
+    np.savez(path, x_train=rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8), y_train=np.arange(40) % 4,
+             x_test=rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8), y_test=np.arange(8) % 4)
+    line = run_bad(capsys, ["bench", "--data", f"npz:{path}", "--images", "60", "--out", str(tmp_path / "b.json")],
+                   "--images 60 is outside what npz:subset.npz allows")
+    assert line.endswith("4 <= --images <= 40")
+
+
 def test_noise_is_the_default_data(tmp_path):
     out = tmp_path / "b.json"
     assert main(TINY + ["--modes", "eager", "--out", str(out)]) == 0
