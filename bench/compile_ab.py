@@ -86,18 +86,12 @@ def variant(name: str):
 
 
 def batches(spec: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """BATCHES batches of BATCH images, channels_last: normal noise and uniform labels, or a class-balanced
-    subset of a data set as elr.training.data loads it."""
-    n = BATCH * BATCHES
-    if spec == "noise":
-        g = torch.Generator().manual_seed(0)
-        x, y = torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g)
-    else:
-        from elr.training.data import load_data
+    """BATCHES batches of BATCH images, channels_last, as `elr bench --data SPEC` makes them: normal noise and
+    uniform labels, or a class-balanced subset of a data set as elr.training.data loads it."""
+    from elr.bench import bench_data
 
-        data = load_data(spec, subset=n, test_subset=10)
-        x, y = data.x_train, data.y_train
-    x = x.contiguous(memory_format=torch.channels_last)
+    data = bench_data(spec, BATCH * BATCHES, 10, torch.device("cpu"))
+    x, y = data.x_train.contiguous(memory_format=torch.channels_last), data.y_train
     return [(x[i * BATCH:(i + 1) * BATCH], y[i * BATCH:(i + 1) * BATCH]) for i in range(BATCHES)]
 
 

@@ -9,11 +9,10 @@ the README's per-layer rates come from; `elr bench --profile` splits whole epoch
 """
 import argparse
 import sys
-import time
 
 import torch
 
-from elr.bench import measure_peak
+from elr.bench import measure_peak, time_epochs
 
 aten = torch.ops.aten
 IMAGE = 32   # CIFAR-10's side (Krizhevsky 2009)
@@ -28,14 +27,13 @@ def layers(width: int) -> list[tuple[int, int, int]]:
 
 
 def best_ms(fn, rounds: int = 5, calls: int = 10) -> float:
+    """fn's time in ms: the best of `rounds` rounds of `calls` calls, after one untimed call."""
     fn()
-    times = []
-    for _ in range(rounds):
-        t = time.perf_counter()
+
+    def round_():
         for _ in range(calls):
             fn()
-        times.append((time.perf_counter() - t) / calls)
-    return 1e3 * min(times)
+    return 1e3 * min(time_epochs(round_, rounds, torch.device("cpu"))) / calls
 
 
 def time_layer(cin: int, cout: int, side: int, batch: int, layout) -> dict:
